@@ -1,0 +1,53 @@
+# classcast: `make run` starts the whole service on the embedded default; `make test` runs the suite.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+export DJANGO_SETTINGS_MODULE := config.settings
+
+.PHONY: run setup test test-embedded test-scaled system-deps bench clean
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py seed_demo
+
+run: setup
+	@echo
+	@echo "classcast is starting on http://$(HOST):$(PORT)/  (log in with a demo login above)"
+	@echo
+	HOST=$(HOST) PORT=$(PORT) $(BIN)/honcho start -f Procfile
+
+# Chromium and coturn are Debian packages the browser and TURN tests drive; pip cannot install them.
+system-deps:
+	@command -v chromium >/dev/null && command -v turnserver >/dev/null || { \
+	  echo "installing chromium and coturn (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium coturn >/dev/null; }
+
+# The whole suite twice: scaled out (PostgreSQL + Redis channel layer + external media node) and on
+# the embedded default (SQLite, in-memory channel layer, media node in the web process).
+test: $(STAMP) system-deps test-scaled test-embedded
+
+test-scaled: $(STAMP)
+	DATABASE_URL=$${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test} \
+	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/0} \
+	CLASSCAST_VAR_DIR=$(CURDIR)/var/test-scaled \
+	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+test-embedded: $(STAMP)
+	env -u DATABASE_URL -u REDIS_URL -u CELERY_BROKER_URL CLASSCAST_VAR_DIR=$(CURDIR)/var/test-embedded \
+	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/join_time.py
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,382 @@
+"""The stage SFU: one `Room` per live session holding aiortc peer connections (no Django here).
+
+Each stage member holds two peer connections, as LiveKit's clients do, and the media node always
+offers, so there is never glare:
+
+* `publish`: two `recvonly` transceivers (audio, video) for the member's own camera and microphone.
+  Negotiated once and never again: aiortc 1.16's receivers stop decoding video after a renegotiation
+  of their connection (measured: the decoder gets no frames once the answer to a re-offer applies).
+* `subscribe`: one `sendonly` transceiver per track of every other publisher. Stage changes re-offer
+  it (free transceivers are re-used); a re-offer asked for mid-negotiation follows the answer.
+
+Media goes through aiortc's MediaRelay (decode once per publisher, encode per subscriber) until
+forwarding without re-encoding replaces it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from aiortc.contrib.media import MediaRelay
+from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import candidate_from_sdp
+
+from .. import metrics
+
+log = logging.getLogger("classcast.sfu")
+
+Send = Callable[[str, dict[str, Any]], Awaitable[None]]
+KINDS = ("audio", "video")
+SETUP_TIMEOUT_S = 30.0
+STATS_INTERVAL_S = 5.0
+
+
+class MediaNodeError(Exception):
+    """Base for media node refusals; `code` reaches the browser as the error event's code."""
+
+    code = "media_error"
+
+
+class NegotiationError(MediaNodeError):
+    code = "invalid_sdp"
+
+
+class UnknownPeerError(MediaNodeError):
+    code = "not_joined"
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    peer_id: str  # the signaling consumer's channel name: where offers and errors go
+    session_id: int
+    user_id: int | None
+    name: str
+    role: str
+    publish: bool
+    hidden: bool = False
+
+
+PUBLISH = "publish"
+SUBSCRIBE = "subscribe"
+
+
+@dataclass
+class Peer:
+    spec: PeerSpec
+    pub: RTCPeerConnection | None = None
+    sub: RTCPeerConnection | None = None
+    published: dict[str, MediaStreamTrack] = field(default_factory=dict)
+    publish_transceivers: dict[str, RTCRtpTransceiver] = field(default_factory=dict)
+    outbound: dict[tuple[str, str], RTCRtpTransceiver] = field(default_factory=dict)
+    negotiating: bool = False
+    pending: bool = False
+    connected: bool = False
+    requested_at: float = field(default_factory=time.monotonic)
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    bytes_prev: tuple[float, int, int] | None = None
+    lost_prev: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    def pcs(self) -> list[tuple[str, RTCPeerConnection]]:
+        return [(name, pc) for name, pc in ((PUBLISH, self.pub), (SUBSCRIBE, self.sub)) if pc is not None]
+
+    def describe(self) -> dict[str, Any]:
+        return {"user_id": self.spec.user_id, "name": self.spec.name, "role": self.spec.role}
+
+
+class Room:
+    """Every peer connection of one live session on this node."""
+
+    def __init__(self, *, session_id: int, rtc_config: RTCConfiguration, send: Send) -> None:
+        self.session_id = session_id
+        self.rtc_config = rtc_config
+        self.send = send
+        self.relay = MediaRelay()
+        self.peers: dict[str, Peer] = {}
+        # FIFO: signaling for one room is applied in arrival order (answer before its candidates).
+        self.lock = asyncio.Lock()
+
+    # --- signaling entry points (called with self.lock held) ----------------------------------------
+
+    async def join(self, spec: PeerSpec) -> None:
+        if spec.peer_id in self.peers:
+            await self.leave(spec.peer_id, reason="rejoined", notify=False)
+        if spec.publish:
+            # One publishing connection per person: a second tab takes over from the first.
+            for other in list(self.peers.values()):
+                if other.spec.publish and other.spec.user_id == spec.user_id:
+                    await self.leave(other.spec.peer_id, reason="replaced")
+        peer = Peer(spec=spec)
+        self.peers[spec.peer_id] = peer
+        peer.tasks.append(asyncio.ensure_future(self._setup_deadline(peer)))
+        log.info("peer joined", extra=self._log_extra(peer))
+        if spec.publish:
+            pub = peer.pub = self._new_pc(peer, PUBLISH)
+            pub.on("track", lambda track: self._on_track(peer, track))
+            for kind in KINDS:
+                peer.publish_transceivers[kind] = pub.addTransceiver(kind, direction="recvonly")
+            await pub.setLocalDescription(await pub.createOffer())
+            await self._send_safely(
+                spec.peer_id, {"type": "media.offer", "pc": PUBLISH, "sdp": pub.localDescription.sdp, "tracks": {}}
+            )
+        attached = False
+        for other in self.peers.values():
+            if other is not peer:
+                for kind, track in other.published.items():
+                    attached = self._attach(peer, other, kind, track) or attached
+        if attached:
+            await self._negotiate(peer)
+        elif not spec.publish:
+            # A subscriber with nothing to receive yet still gets a (media-less) offer, so it knows
+            # it joined; its first track arrives with the next offer.
+            await self._send_safely(spec.peer_id, {"type": "media.offer", "pc": SUBSCRIBE, "sdp": None, "tracks": {}})
+
+    def _new_pc(self, peer: Peer, name: str) -> RTCPeerConnection:
+        pc = RTCPeerConnection(self.rtc_config)
+        pc.on("connectionstatechange", lambda: self._on_state(peer, name, pc))
+        return pc
+
+    async def answer(self, peer_id: str, pc_name: str, sdp: str) -> None:
+        peer = self._peer(peer_id)
+        pc = peer.pub if pc_name == PUBLISH else peer.sub
+        if pc is None or pc.signalingState != "have-local-offer":
+            raise NegotiationError(f"no {pc_name} offer is waiting for an answer")
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        except Exception as exc:  # aiortc raises ValueError, KeyError... for bad SDP
+            raise NegotiationError(f"the answer could not be applied ({exc.__class__.__name__}: {exc})") from None
+        if pc_name == PUBLISH:
+            return
+        peer.negotiating = False
+        if peer.pending:
+            peer.pending = False
+            await self._negotiate(peer)
+
+    async def candidate(
+        self, peer_id: str, pc_name: str, candidate: str, sdp_mid: str | None, sdp_mline_index: int | None
+    ) -> None:
+        peer = self._peer(peer_id)
+        pc = peer.pub if pc_name == PUBLISH else peer.sub
+        if pc is None or pc.remoteDescription is None:
+            raise NegotiationError(f"the {pc_name} connection has no answer yet; send candidates after it")
+        if not candidate:
+            return  # end-of-candidates: aioice keeps checking what it has
+        try:
+            parsed = candidate_from_sdp(candidate.removeprefix("a=").removeprefix("candidate:"))
+        except Exception:
+            raise NegotiationError("the ICE candidate could not be parsed") from None
+        parsed.sdpMid = sdp_mid
+        parsed.sdpMLineIndex = sdp_mline_index if sdp_mline_index is not None else (0 if sdp_mid is None else None)
+        await pc.addIceCandidate(parsed)
+
+    async def leave(self, peer_id: str, *, reason: str, notify: bool = True) -> None:
+        peer = self.peers.pop(peer_id, None)
+        if peer is None:
+            return
+        for other in self.peers.values():
+            if self._detach(other, peer_id):
+                self._schedule(self._negotiate_locked(other))
+        for transceiver in peer.outbound.values():
+            if transceiver.sender.track is not None:
+                transceiver.sender.track.stop()
+        for task in peer.tasks:
+            task.cancel()
+        if not peer.connected:
+            metrics.CALL_SETUPS.labels(result="abandoned").inc()
+        for _, pc in peer.pcs():
+            await pc.close()
+        log.info("peer left", extra={**self._log_extra(peer), "reason": reason})
+        if notify:
+            await self._send_safely(peer_id, {"type": "media.closed", "session_id": self.session_id, "reason": reason})
+
+    async def kick_user(self, user_id: int, *, reason: str) -> None:
+        for peer in list(self.peers.values()):
+            if peer.spec.user_id == user_id and not peer.spec.hidden:
+                await self.leave(peer.spec.peer_id, reason=reason)
+
+    async def close(self, *, reason: str) -> None:
+        for peer_id in list(self.peers):
+            await self.leave(peer_id, reason=reason)
+
+    # --- media wiring ------------------------------------------------------------------------------
+
+    def _on_track(self, peer: Peer, track: MediaStreamTrack) -> None:
+        kind = track.kind
+        peer.published[kind] = track
+        peer.tasks.append(asyncio.ensure_future(self._drain(peer, track)))
+        for other in self.peers.values():
+            if other is not peer and self._attach(other, peer, kind, track):
+                self._schedule(self._negotiate_locked(other))
+
+    def _attach(self, sub: Peer, pub: Peer, kind: str, track: MediaStreamTrack) -> bool:
+        key = (pub.spec.peer_id, kind)
+        if key in sub.outbound:
+            return False
+        if sub.sub is None:
+            sub.sub = self._new_pc(sub, SUBSCRIBE)
+        relayed = self.relay.subscribe(track, buffered=False)
+        free = next(
+            (t for t in sub.sub.getTransceivers() if t.kind == kind and t.sender.track is None and not t.stopped),
+            None,
+        )
+        if free is None:
+            free = sub.sub.addTransceiver(kind, direction="sendonly")
+        free.sender.replaceTrack(relayed)
+        free.direction = "sendonly"
+        sub.outbound[key] = free
+        return True
+
+    def _detach(self, sub: Peer, pub_peer_id: str) -> bool:
+        changed = False
+        for kind in KINDS:
+            transceiver = sub.outbound.pop((pub_peer_id, kind), None)
+            if transceiver is None:
+                continue
+            relayed = transceiver.sender.track
+            transceiver.sender.replaceTrack(None)
+            transceiver.direction = "inactive"  # kept for re-use by the next publisher
+            if relayed is not None:
+                relayed.stop()
+            changed = True
+        return changed
+
+    async def _drain(self, peer: Peer, track: MediaStreamTrack) -> None:
+        """Keep every published track consumed (aiortc queues frames unboundedly otherwise) and measure fps."""
+        reader = self.relay.subscribe(track, buffered=False)
+        frames, started = 0, time.monotonic()
+        try:
+            while True:
+                await reader.recv()
+                if track.kind != "video":
+                    continue
+                frames += 1
+                elapsed = time.monotonic() - started
+                if elapsed >= STATS_INTERVAL_S:
+                    metrics.INBOUND_FPS.observe(frames / elapsed)
+                    frames, started = 0, time.monotonic()
+        except (MediaStreamError, asyncio.CancelledError):
+            pass
+        finally:
+            reader.stop()
+
+    # --- negotiation -------------------------------------------------------------------------------
+
+    async def _negotiate_locked(self, peer: Peer) -> None:
+        async with self.lock:
+            if self.peers.get(peer.spec.peer_id) is peer:
+                await self._negotiate(peer)
+
+    async def _negotiate(self, peer: Peer) -> None:
+        if peer.negotiating:
+            peer.pending = True
+            return
+        peer.negotiating = True
+        pc = peer.sub
+        await pc.setLocalDescription(await pc.createOffer())
+        tracks = {
+            transceiver.mid: {**self.peers[pub_id].describe(), "kind": kind}
+            for (pub_id, kind), transceiver in peer.outbound.items()
+            if pub_id in self.peers and transceiver.mid is not None
+        }
+        await self._send_safely(
+            peer.spec.peer_id,
+            {"type": "media.offer", "pc": SUBSCRIBE, "sdp": pc.localDescription.sdp, "tracks": tracks},
+        )
+
+    # --- connection state and stats ----------------------------------------------------------------
+
+    def _on_state(self, peer: Peer, name: str, pc: RTCPeerConnection) -> None:
+        state = pc.connectionState
+        # A join is set up once its first connection (publish, or subscribe for watchers) connects.
+        if state == "connected" and not peer.connected:
+            peer.connected = True
+            metrics.CALL_SETUPS.labels(result="success").inc()
+            metrics.JOIN_SECONDS.labels(source="server").observe(time.monotonic() - peer.requested_at)
+        elif state == "failed":
+            if not peer.connected:
+                metrics.CALL_SETUPS.labels(result="failure").inc()
+                peer.connected = True  # counted once
+            self._schedule(self._leave_locked(peer.spec.peer_id, "connection_failed"))
+        self._schedule(self._send_safely(peer.spec.peer_id, {"type": "media.state", "pc": name, "state": state}))
+
+    async def _setup_deadline(self, peer: Peer) -> None:
+        await asyncio.sleep(SETUP_TIMEOUT_S)
+        if not peer.connected:
+            metrics.CALL_SETUPS.labels(result="timeout").inc()
+            peer.connected = True
+            await self._leave_locked(peer.spec.peer_id, "setup_timeout")
+
+    async def _leave_locked(self, peer_id: str, reason: str) -> None:
+        async with self.lock:
+            await self.leave(peer_id, reason=reason)
+
+    async def stats_collect(self) -> tuple[float, float]:
+        """Observe RTT, jitter, loss and bitrate of every peer; returns (inbound, outbound) bits/s."""
+        total_in = total_out = 0.0
+        for peer in list(self.peers.values()):
+            stats = [await pc.getStats() for _, pc in peer.pcs() if pc.connectionState == "connected"]
+            if not stats:
+                continue
+            bytes_in = bytes_out = 0
+            for stat in (value for report in stats for value in report.values()):
+                if stat.type == "transport":
+                    bytes_in += stat.bytesReceived
+                    bytes_out += stat.bytesSent
+                elif stat.type == "remote-inbound-rtp":
+                    metrics.RTT_SECONDS.labels(source="server").observe(stat.roundTripTime)
+                elif stat.type == "inbound-rtp":
+                    clock = 48_000 if stat.kind == "audio" else 90_000
+                    metrics.JITTER_SECONDS.labels(source="server", kind=stat.kind).observe(stat.jitter / clock)
+                    prev = peer.lost_prev.get(stat.ssrc)
+                    if prev is not None:
+                        received = stat.packetsReceived - prev[0]
+                        lost = max(0, stat.packetsLost - prev[1])
+                        if received + lost > 0:
+                            metrics.PACKET_LOSS.labels(source="server", kind=stat.kind).observe(lost / (received + lost))
+                    peer.lost_prev[stat.ssrc] = (stat.packetsReceived, stat.packetsLost)
+            now = time.monotonic()
+            if peer.bytes_prev is not None:
+                elapsed = max(now - peer.bytes_prev[0], 1e-3)
+                rate_in = (bytes_in - peer.bytes_prev[1]) * 8 / elapsed
+                rate_out = (bytes_out - peer.bytes_prev[2]) * 8 / elapsed
+                total_in += rate_in
+                total_out += rate_out
+                metrics.BITRATE_BPS.labels(source="server", direction="inbound", kind="all").observe(rate_in)
+                metrics.BITRATE_BPS.labels(source="server", direction="outbound", kind="all").observe(rate_out)
+            peer.bytes_prev = (now, bytes_in, bytes_out)
+        return total_in, total_out
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    def _peer(self, peer_id: str) -> Peer:
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            raise UnknownPeerError("there is no media connection for this socket; send rtc.join first")
+        return peer
+
+    def _schedule(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        task.add_done_callback(_log_task_error)
+
+    async def _send_safely(self, channel: str, message: dict[str, Any]) -> None:
+        try:
+            await self.send(channel, message)
+        except Exception:  # a full or gone channel must not break the room
+            log.warning("could not reach %s", channel, exc_info=True)
+
+    def _log_extra(self, peer: Peer) -> dict[str, Any]:
+        return {"session_id": self.session_id, "user_id": peer.spec.user_id, "peer_id": peer.spec.peer_id}
+
+
+def _log_task_error(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("media node task failed", exc_info=task.exception())

@@ -1,0 +1,68 @@
+"""Prometheus metrics. Counters/histograms live in the process that observes them; database-backed
+gauges are read at scrape time by `DatabaseCollector`, so every web process reports the same truth."""
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10)
+_RATIO_BUCKETS = (0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1)
+_BITRATE_BUCKETS = (5e4, 1e5, 2.5e5, 5e5, 1e6, 1.5e6, 2.5e6, 4e6, 8e6)
+
+PEER_CONNECTIONS = Gauge(
+    "classcast_peer_connections", "Peer connections held by this media node, by state", ["state"]
+)
+CALL_SETUPS = Counter("classcast_call_setups_total", "Peer connection set-ups, by result", ["result"])
+JOIN_SECONDS = Histogram(
+    "classcast_join_seconds",
+    "Join time: server = join request to connected; browser = page load to first remote frame",
+    ["source"],
+    buckets=_LATENCY_BUCKETS,
+)
+RTT_SECONDS = Histogram("classcast_rtt_seconds", "Round-trip time per peer", ["source"], buckets=_LATENCY_BUCKETS)
+JITTER_SECONDS = Histogram(
+    "classcast_jitter_seconds", "Inbound jitter per track", ["source", "kind"], buckets=_LATENCY_BUCKETS
+)
+PACKET_LOSS = Histogram(
+    "classcast_packet_loss_ratio", "Inbound packet loss per track and report interval", ["source", "kind"],
+    buckets=_RATIO_BUCKETS,
+)
+BITRATE_BPS = Histogram(
+    "classcast_bitrate_bps", "Bitrate per track", ["source", "direction", "kind"], buckets=_BITRATE_BUCKETS
+)
+NODE_BITRATE_BPS = Gauge("classcast_media_node_bitrate_bps", "Total media bitrate of this node", ["direction"])
+INBOUND_FPS = Histogram(
+    "classcast_inbound_fps", "Frames per second received from each publisher", buckets=(1, 5, 10, 15, 20, 25, 30, 60)
+)
+SIGNALING_MESSAGES = Counter("classcast_signaling_messages_total", "Signaling messages by type", ["type"])
+SIGNALING_ERRORS = Counter("classcast_signaling_errors_total", "Refused signaling messages by code", ["code"])
+SOCKETS_REFUSED = Counter("classcast_sockets_refused_total", "WebSockets refused at connect, by reason", ["reason"])
+ACTIONS_DENIED = Counter("classcast_actions_denied_total", "Actions refused for lack of permission", ["action"])
+
+
+class DatabaseCollector:
+    """Live sessions, stage members and connected participants, read from the database at scrape."""
+
+    def collect(self):
+        from .models import Presence, SessionStatus, StageMembership, LiveSession
+
+        live = GaugeMetricFamily("classcast_live_sessions", "Sessions that are live now")
+        live.add_metric([], LiveSession.objects.filter(status=SessionStatus.LIVE).count())
+        yield live
+        stage = GaugeMetricFamily("classcast_stage_members", "Members on stage in live sessions")
+        stage.add_metric([], StageMembership.objects.filter(state="on_stage", session__status="live").count())
+        yield stage
+        sockets = GaugeMetricFamily("classcast_connected_sockets", "Open class sockets by page", labels=["page"])
+        for page in ("console", "class", "watch", "service"):
+            sockets.add_metric([page], Presence.objects.filter(page=page).count())
+        yield sockets
+
+
+_registered = False
+
+
+def database_collector_register() -> None:
+    global _registered
+    if not _registered:
+        REGISTRY.register(DatabaseCollector())
+        _registered = True

@@ -1,0 +1,1 @@
+"""Every state change of the classroom goes through a service here (`<entity>_<action>`)."""

@@ -1,0 +1,31 @@
+"""Chat alongside the stage."""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import transaction
+
+from ..errors import InvalidState, NotAllowed
+from ..models import ChatMessage, SessionEvent
+from ..notify import class_broadcast_on_commit
+from ..permissions import Actor, can_chat
+from ..selectors import chat_message_json
+from .sessions import session_require_live
+
+
+@transaction.atomic
+def chat_post(*, classroom_id: int, actor: Actor, text: str) -> ChatMessage:
+    if not can_chat(actor):
+        raise NotAllowed("only members of the class can chat")
+    text = text.strip()
+    if not text:
+        raise InvalidState("an empty message is not sent")
+    if len(text) > settings.CLASSCAST_CHAT_MAX_CHARS:
+        raise InvalidState(f"a message holds at most {settings.CLASSCAST_CHAT_MAX_CHARS} characters")
+    session = session_require_live(classroom_id=classroom_id)
+    message = ChatMessage.objects.create(session=session, author_id=actor.user_id, text=text)
+    message.refresh_from_db()
+    # The log keeps the reference only; the text lives in ChatMessage.
+    SessionEvent.objects.create(session=session, kind="chat.message", actor_id=actor.user_id, data={"message_id": message.pk})
+    payload = {"type": "classroom.chat", "message": chat_message_json(message)}
+    class_broadcast_on_commit(classroom_id=classroom_id, build=lambda: payload)
+    return message

@@ -1,0 +1,294 @@
+"""The class socket `/ws/classes/<id>/`: a thin adapter between browsers, services and the media node.
+
+Every frame is validated by `message_parse`; state changes go through services; SDP and ICE go to the
+session's media node over the channel layer and its offers come back here. Refusals are error
+events (`{"type": "error", "code", "message", "ref"}`) and the socket stays usable.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
+import json
+
+from .. import metrics
+from ..errors import ClassroomError, InvalidState, NotAllowed
+from ..models import Classroom
+from ..notify import class_group
+from ..permissions import Actor, can_manage_session, can_view_class
+from ..selectors import actor_get, chat_history, class_members, class_state, display_name, session_live_get
+from ..selectors import stage_member_is_active
+from ..services import chat, hands, sessions, stage
+from ..services.ice import ice_servers_for
+from ..services.media import media_node_for_session
+from ..services.presence import presence_enter, presence_leave
+from ..services.tokens import ServiceIdentity, service_token_verify
+from .messages import Message, MessageError, message_parse
+from .ratelimit import TokenBucket
+
+log = logging.getLogger("classcast.signaling")
+
+PAGES = ("console", "class", "watch")
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
+
+# message type -> service call; each takes (classroom_id, actor, fields)
+ACTIONS: dict[str, Callable[[int, Actor, dict[str, Any]], Any]] = {
+    "session.start": lambda c, a, f: sessions.session_start(classroom_id=c, actor=a),
+    "session.end": lambda c, a, f: sessions.session_end(classroom_id=c, actor=a),
+    "hand.raise": lambda c, a, f: hands.hand_raise(classroom_id=c, actor=a),
+    "hand.lower": lambda c, a, f: hands.hand_lower(classroom_id=c, actor=a, user_id=f.get("user_id")),
+    "stage.invite": lambda c, a, f: stage.stage_invite(classroom_id=c, actor=a, user_id=f["user_id"]),
+    "stage.remove": lambda c, a, f: stage.stage_remove(classroom_id=c, actor=a, user_id=f["user_id"]),
+    "stage.accept": lambda c, a, f: stage.stage_accept(classroom_id=c, actor=a),
+    "stage.decline": lambda c, a, f: stage.stage_decline(classroom_id=c, actor=a),
+    "stage.leave": lambda c, a, f: stage.stage_leave(classroom_id=c, actor=a),
+    "stage.mute": lambda c, a, f: stage.stage_mute(
+        classroom_id=c, actor=a, kind=f["kind"], muted=f["muted"], user_id=f.get("user_id")
+    ),
+    "chat.send": lambda c, a, f: chat.chat_post(classroom_id=c, actor=a, text=f["text"]),
+}
+SERVICE_ALLOWED = {"rtc.join", "rtc.answer", "rtc.candidate", "rtc.leave", "ping", "stats.report"}
+
+
+class ClassConsumer(AsyncWebsocketConsumer):
+    classroom_id: int
+    actor: Actor | None = None
+    service: ServiceIdentity | None = None
+    media: tuple[str, int] | None = None  # (media node channel, session id) while a peer connection exists
+    joined: bool = False
+
+    # --- connection --------------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        self.classroom_id = int(self.scope["url_route"]["kwargs"]["classroom_id"])
+        query = parse_qs(self.scope.get("query_string", b"").decode())
+        self.page = query.get("page", ["class"])[0]
+        if self.page not in PAGES:
+            self.page = "class"
+        self.bucket = TokenBucket(
+            rate_per_s=settings.CLASSCAST_WS_RATE_PER_S, burst=settings.CLASSCAST_WS_RATE_PER_S * 2
+        )
+        self.browser_join_reported = False
+        if not await database_sync_to_async(Classroom.objects.filter(pk=self.classroom_id).exists)():
+            return await self._refuse(CLOSE_NOT_FOUND, "no_class")
+        token = query.get("token", [""])[0]
+        user = self.scope.get("user")
+        if token:
+            try:
+                self.service = service_token_verify(token=token, classroom_id=self.classroom_id)
+            except NotAllowed as exc:
+                log.warning("service token refused: %s", exc, extra={"class_id": self.classroom_id})
+                return await self._refuse(CLOSE_UNAUTHENTICATED, "bad_token")
+            self.page = "service"
+        elif user is None or not user.is_authenticated:
+            return await self._refuse(CLOSE_UNAUTHENTICATED, "unauthenticated")
+        else:
+            self.actor = await database_sync_to_async(actor_get)(user=user, classroom_id=self.classroom_id)
+            if not can_view_class(self.actor):
+                log.warning("non-member refused", extra={"class_id": self.classroom_id, "user_id": user.pk})
+                return await self._refuse(CLOSE_FORBIDDEN, "not_member")
+        if settings.CLASSCAST_MEDIA_NODE_EMBEDDED:
+            from ..media_node.node import media_node_ensure_started
+
+            await media_node_ensure_started()
+        await self.channel_layer.group_add(class_group(self.classroom_id), self.channel_name)
+        await self.accept()
+        self.joined = True
+        await database_sync_to_async(presence_enter)(
+            classroom_id=self.classroom_id,
+            user_id=self.actor.user_id if self.actor else None,
+            channel_name=self.channel_name,
+            page=self.page,
+            hidden=self.service is not None,
+        )
+        await self._send(await database_sync_to_async(self._welcome)())
+
+    async def _refuse(self, code: int, reason: str) -> None:
+        metrics.SOCKETS_REFUSED.labels(reason=reason).inc()
+        await self.close(code=code)
+
+    def _welcome(self) -> dict[str, Any]:
+        state = class_state(classroom_id=self.classroom_id)
+        user = self.scope.get("user")
+        welcome: dict[str, Any] = {
+            "type": "welcome",
+            "class_id": self.classroom_id,
+            "state": state,
+            "limits": {"max_message_bytes": settings.CLASSCAST_WS_MAX_MESSAGE_BYTES},
+        }
+        if self.actor is not None:
+            welcome["me"] = {
+                "user_id": self.actor.user_id,
+                "name": display_name(user),
+                "role": self.actor.role or "staff",
+                "can_manage": can_manage_session(self.actor),
+            }
+            welcome["chat"] = chat_history(session_id=state["session"]["id"]) if state["session"] else []
+            if can_manage_session(self.actor):
+                welcome["members"] = class_members(classroom_id=self.classroom_id)
+        else:
+            welcome["me"] = {"user_id": None, "name": self.service.name, "role": "service", "can_manage": False}
+        return welcome
+
+    async def disconnect(self, code: int) -> None:
+        if not self.joined:
+            return
+        await self._media_leave("socket_closed")
+        await self.channel_layer.group_discard(class_group(self.classroom_id), self.channel_name)
+        await database_sync_to_async(presence_leave)(channel_name=self.channel_name)
+
+    # --- inbound frames ----------------------------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data is None:
+            return await self._error("malformed", "binary frames are not accepted")
+        if not self.bucket.take():
+            return await self._error("rate_limited", "too many messages; slow down")
+        try:
+            message = message_parse(text_data, max_bytes=settings.CLASSCAST_WS_MAX_MESSAGE_BYTES)
+        except MessageError as exc:
+            return await self._error(exc.code, exc.detail, exc.ref)
+        metrics.SIGNALING_MESSAGES.labels(type=message.type).inc()
+        if self.service is not None and message.type not in SERVICE_ALLOWED:
+            return await self._error("forbidden", "a service participant only subscribes to media", message.ref)
+        try:
+            await self._handle(message)
+        except NotAllowed as exc:
+            metrics.ACTIONS_DENIED.labels(action=message.type).inc()
+            log.warning(
+                "action denied: %s",
+                message.type,
+                extra={"class_id": self.classroom_id, "user_id": self.actor.user_id if self.actor else None},
+            )
+            await self._error(exc.code, exc.message, message.ref)
+        except ClassroomError as exc:
+            await self._error(exc.code, exc.message, message.ref)
+
+    async def _handle(self, message: Message) -> None:
+        action = ACTIONS.get(message.type)
+        if action is not None:
+            await database_sync_to_async(action)(self.classroom_id, self.actor, message.fields)
+            await self._send({"type": "ack", "ref": message.ref, "for": message.type})
+        elif message.type == "rtc.join":
+            await self._media_join()
+        elif message.type == "rtc.answer":
+            await self._media_forward("media.answer", **message.fields)
+        elif message.type == "rtc.candidate":
+            await self._media_forward("media.candidate", **message.fields)
+        elif message.type == "rtc.leave":
+            await self._media_leave("left")
+        elif message.type == "stats.report":
+            self._stats_observe(message.fields)
+        elif message.type == "ping":
+            await self._send({"type": "pong", "ref": message.ref})
+
+    # --- media -------------------------------------------------------------------------------------
+
+    async def _media_join(self) -> None:
+        session = await database_sync_to_async(session_live_get)(classroom_id=self.classroom_id)
+        if session is None:
+            raise InvalidState("the class is not live")
+        publish = False
+        if self.actor is not None:
+            on_stage = await database_sync_to_async(stage_member_is_active)(
+                session_id=session.pk, user_id=self.actor.user_id
+            )
+            if not on_stage:
+                raise NotAllowed("only people on stage join the call; watchers see the broadcast")
+            publish = True
+        channel = await database_sync_to_async(media_node_for_session)(session_id=session.pk)
+        if self.media is not None and self.media[1] != session.pk:
+            await self._media_leave("new_session")
+        self.media = (channel, session.pk)
+        user = self.scope.get("user")
+        who = f"user-{self.actor.user_id}" if self.actor else f"service-{self.service.name}"
+        await self._send({"type": "rtc.config", "ice_servers": await database_sync_to_async(ice_servers_for)(user=who)})
+        await self.channel_layer.send(
+            channel,
+            {
+                "type": "media.join",
+                "session_id": session.pk,
+                "peer_id": self.channel_name,
+                "user_id": self.actor.user_id if self.actor else None,
+                "name": display_name(user) if self.actor else self.service.name,
+                "role": (self.actor.role or "staff") if self.actor else "service",
+                "publish": publish,
+                "hidden": self.service is not None,
+            },
+        )
+        log.info("media join", extra={"class_id": self.classroom_id, "session_id": session.pk})
+
+    async def _media_forward(self, kind: str, **fields: Any) -> None:
+        if self.media is None:
+            raise InvalidState("there is no media connection for this socket; send rtc.join first")
+        channel, session_id = self.media
+        await self.channel_layer.send(
+            channel, {"type": kind, "session_id": session_id, "peer_id": self.channel_name, **fields}
+        )
+
+    async def _media_leave(self, reason: str) -> None:
+        if self.media is None:
+            return
+        channel, session_id = self.media
+        self.media = None
+        await self.channel_layer.send(
+            channel, {"type": "media.leave", "session_id": session_id, "peer_id": self.channel_name, "reason": reason}
+        )
+
+    def _stats_observe(self, fields: dict[str, Any]) -> None:
+        if "join_ms" in fields and not self.browser_join_reported:
+            self.browser_join_reported = True
+            metrics.JOIN_SECONDS.labels(source="browser").observe(fields["join_ms"] / 1000)
+        if "rtt_ms" in fields:
+            metrics.RTT_SECONDS.labels(source="browser").observe(fields["rtt_ms"] / 1000)
+        for track in fields.get("tracks", []):
+            kind, direction = track["kind"], track["direction"]
+            if "bitrate_bps" in track:
+                metrics.BITRATE_BPS.labels(source="browser", direction=direction, kind=kind).observe(track["bitrate_bps"])
+            if direction == "inbound":
+                if "jitter_ms" in track:
+                    metrics.JITTER_SECONDS.labels(source="browser", kind=kind).observe(track["jitter_ms"] / 1000)
+                if "packet_loss" in track:
+                    metrics.PACKET_LOSS.labels(source="browser", kind=kind).observe(track["packet_loss"])
+
+    # --- channel layer events (group `class.<id>` and the media node) ----------------------------------
+
+    async def classroom_event(self, event: dict[str, Any]) -> None:
+        await self._send({"type": "event", "event": event["event"], "state": event.get("state")})
+
+    async def classroom_chat(self, event: dict[str, Any]) -> None:
+        await self._send({"type": "chat", "message": event["message"]})
+
+    async def classroom_presence(self, event: dict[str, Any]) -> None:
+        await self._send({"type": "presence", "participants": event["participants"]})
+
+    async def media_offer(self, event: dict[str, Any]) -> None:
+        await self._send({"type": "rtc.offer", "pc": event["pc"], "sdp": event["sdp"], "tracks": event["tracks"]})
+
+    async def media_state(self, event: dict[str, Any]) -> None:
+        await self._send({"type": "rtc.state", "pc": event["pc"], "state": event["state"]})
+
+    async def media_closed(self, event: dict[str, Any]) -> None:
+        if self.media is None or self.media[1] != event.get("session_id"):
+            return  # about a connection this socket already left (an earlier session's)
+        self.media = None
+        await self._send({"type": "rtc.closed", "reason": event["reason"]})
+
+    async def media_error(self, event: dict[str, Any]) -> None:
+        await self._error(event["code"], event["message"])
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    async def _send(self, payload: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(payload, cls=DjangoJSONEncoder))
+
+    async def _error(self, code: str, text: str, ref: str | None = None) -> None:
+        metrics.SIGNALING_ERRORS.labels(code=code).inc()
+        await self._send({"type": "error", "code": code, "message": text, "ref": ref})

@@ -1,0 +1,230 @@
+"""The signaling protocol's client-to-server messages: pure parsing and validation.
+
+Every frame on `/ws/classes/<id>/` is one JSON object `{"type": ..., "id": optional, ...fields}`.
+`message_parse` turns raw text into a `Message` or raises `MessageError` with a stable `code`
+the browser shows; nothing here touches the network or the database (golden-tested).
+
+Client -> server types and their fields:
+
+    session.start / session.end                      instructor
+    hand.raise / hand.lower {user_id?}               student (instructor may lower anyone's)
+    stage.invite {user_id} / stage.remove {user_id}  instructor
+    stage.accept / stage.decline / stage.leave       the invited / on-stage student
+    stage.mute {kind, muted, user_id?}               self, or the instructor for anyone
+    chat.send {text}
+    rtc.join                                         on-stage member (or service token): ask for an offer
+    rtc.answer {pc, sdp}                             answer to the media node's offer for connection `pc`
+    rtc.candidate {pc, candidate, sdpMid?, sdpMLineIndex?}   trickle ICE ("" = end of candidates)
+
+`pc` is "publish" (our camera and microphone to the media node) or "subscribe" (the stage to us).
+    rtc.leave
+    stats.report {join_ms?, tracks: [...], rtt_ms?, available_out_bps?}
+    ping
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_SDP_CHARS = 60_000
+MAX_CANDIDATE_CHARS = 1_000
+MAX_CHAT_CHARS = 1_000
+MAX_REPORTED_TRACKS = 32
+
+
+class MessageError(ValueError):
+    """A client message that cannot be accepted; `code` is stable, `detail` is for people."""
+
+    def __init__(self, code: str, detail: str, ref: str | None = None) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+        self.ref = ref
+
+
+@dataclass(frozen=True)
+class Message:
+    type: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    ref: str | None = None
+
+
+# --- field validators: each returns the cleaned value or raises ValueError(reason) ------------------
+
+def _int_id(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not (0 < value < 2**63):
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def _kind(value: Any) -> str:
+    if value not in ("audio", "video"):
+        raise ValueError('must be "audio" or "video"')
+    return value
+
+
+def _text(max_chars: int, *, allow_empty: bool = False) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str):
+            raise ValueError("must be a string")
+        if len(value) > max_chars:
+            raise ValueError(f"must be at most {max_chars} characters")
+        if not allow_empty and not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    return check
+
+
+def _sdp(value: Any) -> str:
+    text = _text(MAX_SDP_CHARS)(value)
+    lines = [line for line in text.replace("\r\n", "\n").split("\n") if line]
+    if not lines or lines[0] != "v=0" or not any(line.startswith("m=") for line in lines):
+        raise ValueError("is not a session description (needs v=0 and at least one m= line)")
+    if any(len(line) < 2 or line[1] != "=" for line in lines):
+        raise ValueError("has a line that is not <letter>=<value>")
+    return text
+
+
+def _candidate(value: Any) -> str:
+    text = _text(MAX_CANDIDATE_CHARS, allow_empty=True)(value)
+    if text and not text.startswith(("candidate:", "a=candidate:")):
+        raise ValueError('must start with "candidate:"')
+    return text
+
+
+def _pc_name(value: Any) -> str:
+    if value not in ("publish", "subscribe"):
+        raise ValueError('must be "publish" or "subscribe"')
+    return value
+
+
+def _optional_mid(value: Any) -> str | None:
+    if value is None:
+        return None
+    return _text(32)(value)
+
+
+def _optional_index(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not (0 <= value < 64):
+        raise ValueError("must be an integer from 0 to 63")
+    return value
+
+
+def _number(lo: float, hi: float) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (lo <= value <= hi):
+            raise ValueError(f"must be a number from {lo} to {hi}")
+        return float(value)
+
+    return check
+
+
+_TRACK_REPORT = {
+    "kind": _kind,
+    "direction": lambda v: v if v in ("inbound", "outbound") else _raise("must be inbound or outbound"),
+    "user_id": _int_id,
+    "bitrate_bps": _number(0, 1e9),
+    "packet_loss": _number(0, 1),
+    "jitter_ms": _number(0, 1e5),
+    "fps": _number(0, 1000),
+}
+
+
+def _raise(reason: str) -> Any:
+    raise ValueError(reason)
+
+
+def _track_reports(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or len(value) > MAX_REPORTED_TRACKS:
+        raise ValueError(f"must be a list of at most {MAX_REPORTED_TRACKS} track reports")
+    cleaned = []
+    for item in value:
+        if not isinstance(item, dict):
+            raise ValueError("each track report must be an object")
+        unknown = set(item) - set(_TRACK_REPORT)
+        if unknown:
+            raise ValueError(f"unknown track report field {sorted(unknown)[0]!r}")
+        if "kind" not in item or "direction" not in item:
+            raise ValueError("each track report needs kind and direction")
+        cleaned.append({key: _TRACK_REPORT[key](val) for key, val in item.items()})
+    return cleaned
+
+
+# type -> {field: (validator, required)}
+SCHEMAS: dict[str, dict[str, tuple[Callable[[Any], Any], bool]]] = {
+    "session.start": {},
+    "session.end": {},
+    "hand.raise": {},
+    "hand.lower": {"user_id": (_int_id, False)},
+    "stage.invite": {"user_id": (_int_id, True)},
+    "stage.remove": {"user_id": (_int_id, True)},
+    "stage.accept": {},
+    "stage.decline": {},
+    "stage.leave": {},
+    "stage.mute": {"kind": (_kind, True), "muted": (_bool, True), "user_id": (_int_id, False)},
+    "chat.send": {"text": (_text(MAX_CHAT_CHARS), True)},
+    "rtc.join": {},
+    "rtc.answer": {"pc": (_pc_name, True), "sdp": (_sdp, True)},
+    "rtc.candidate": {
+        "pc": (_pc_name, True),
+        "candidate": (_candidate, True),
+        "sdpMid": (_optional_mid, False),
+        "sdpMLineIndex": (_optional_index, False),
+    },
+    "rtc.leave": {},
+    "stats.report": {
+        "join_ms": (_number(0, 600_000), False),
+        "rtt_ms": (_number(0, 60_000), False),
+        "available_out_bps": (_number(0, 1e10), False),
+        "tracks": (_track_reports, False),
+    },
+    "ping": {},
+}
+
+
+def message_parse(raw: str | bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
+    """Validate one client frame. Raises MessageError(code) for anything not exactly as specified."""
+    size = len(raw.encode("utf-8") if isinstance(raw, str) else raw)
+    if size > max_bytes:
+        raise MessageError("too_large", f"message is {size} bytes; the limit is {max_bytes}")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MessageError("malformed", f"not valid JSON ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise MessageError("malformed", "a message must be a JSON object")
+    ref = data.get("id")
+    if ref is not None and (not isinstance(ref, (str, int)) or isinstance(ref, bool) or len(str(ref)) > 64):
+        raise MessageError("invalid_field", "id must be a string or number of at most 64 characters")
+    ref = None if ref is None else str(ref)
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        raise MessageError("malformed", 'a message needs a string "type"', ref)
+    schema = SCHEMAS.get(kind)
+    if schema is None:
+        raise MessageError("unknown_type", f"unknown message type {kind[:40]!r}", ref)
+    extra = set(data) - set(schema) - {"type", "id"}
+    if extra:
+        raise MessageError("invalid_field", f"{kind}: unexpected field {sorted(extra)[0][:40]!r}", ref)
+    fields: dict[str, Any] = {}
+    for name, (check, required) in schema.items():
+        if name not in data:
+            if required:
+                raise MessageError("invalid_field", f"{kind}: missing field {name!r}", ref)
+            continue
+        try:
+            fields[name] = check(data[name])
+        except ValueError as exc:
+            raise MessageError("invalid_field", f"{kind}: {name} {exc}", ref) from None
+    return Message(type=kind, fields=fields, ref=ref)

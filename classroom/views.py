@@ -1,0 +1,103 @@
+"""Pages and small JSON endpoints; each a thin adapter over selectors and services."""
+from __future__ import annotations
+
+import hmac
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .metrics import database_collector_register
+from .models import ACTIVE_STAGE_STATES, Classroom, StageMembership
+from .permissions import Actor, can_manage_session, can_view_class
+from .selectors import actor_get, classrooms_for_user, session_live_get
+from .services.ice import ice_servers_for
+
+
+def _class_for(request: HttpRequest, classroom_id: int) -> tuple[Classroom, Actor]:
+    classroom = get_object_or_404(Classroom, pk=classroom_id)
+    actor = actor_get(user=request.user, classroom_id=classroom.pk)
+    if not can_view_class(actor):
+        raise PermissionDenied("You are not a member of this class.")
+    return classroom, actor
+
+
+def _page(request: HttpRequest, classroom_id: int, *, page: str, template: str) -> HttpResponse:
+    classroom, actor = _class_for(request, classroom_id)
+    if page == "console" and not can_manage_session(actor):
+        raise PermissionDenied("Only the class instructor can open the console.")
+    return render(
+        request,
+        template,
+        {"classroom": classroom, "actor": actor, "page": page, "can_manage": can_manage_session(actor)},
+    )
+
+
+@login_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    rows = []
+    for classroom in classrooms_for_user(user=request.user):
+        actor = actor_get(user=request.user, classroom_id=classroom.pk)
+        rows.append(
+            {
+                "classroom": classroom,
+                "role": actor.role or "staff",
+                "can_manage": can_manage_session(actor),
+                "live": session_live_get(classroom_id=classroom.pk) is not None,
+            }
+        )
+    return render(request, "classroom/dashboard.html", {"rows": rows})
+
+
+@login_required
+def class_page(request: HttpRequest, classroom_id: int) -> HttpResponse:
+    return _page(request, classroom_id, page="class", template="classroom/class.html")
+
+
+@login_required
+def console_page(request: HttpRequest, classroom_id: int) -> HttpResponse:
+    return _page(request, classroom_id, page="console", template="classroom/console.html")
+
+
+@login_required
+def watch_page(request: HttpRequest, classroom_id: int) -> HttpResponse:
+    return _page(request, classroom_id, page="watch", template="classroom/watch.html")
+
+
+@require_GET
+@never_cache
+def ice_servers(request: HttpRequest, classroom_id: int) -> JsonResponse:
+    """ICE servers with short-lived TURN REST credentials, for the class instructor and stage members."""
+    if not request.user.is_authenticated:
+        return JsonResponse({"error": "login required"}, status=401)
+    classroom, actor = _class_for(request, classroom_id)
+    session = session_live_get(classroom_id=classroom.pk)
+    on_stage = session is not None and StageMembership.objects.filter(
+        session=session, user_id=request.user.pk, state__in=ACTIVE_STAGE_STATES
+    ).exists()
+    if not (on_stage or can_manage_session(actor)):
+        return JsonResponse({"error": "only stage members get media credentials"}, status=403)
+    return JsonResponse(
+        {"iceServers": ice_servers_for(user=f"user-{request.user.pk}"), "ttl": settings.CLASSCAST_TURN_TTL_S}
+    )
+
+
+@require_GET
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    token = settings.CLASSCAST_METRICS_TOKEN
+    if token:
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given, token):
+            return HttpResponse("metrics need a bearer token\n", status=401, content_type="text/plain")
+    database_collector_register()
+    return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"ok": True})

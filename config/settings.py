@@ -1,0 +1,171 @@
+"""classcast settings, driven by environment variables (see README "Configuration").
+
+The embedded default (no variables set) is SQLite, the in-memory channel layer with the media node in
+the web process, and a Celery broker on the local filesystem. Setting DATABASE_URL, REDIS_URL and
+CELERY_BROKER_URL runs the same code scaled out.
+"""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import dj_database_url
+
+from .env import env_bool, env_int, env_json, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("CLASSCAST_VAR_DIR", str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", "dev-only-insecure-key-change-me-in-production-0123456789")
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "classroom",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+WSGI_APPLICATION = None
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'classcast.sqlite3'}"), conn_max_age=0
+    )
+}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # A file (not :memory:) so live-server tests in another process see the same test database.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+    DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "capacity": 1500, "expiry": 30},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = VAR_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+WHITENOISE_USE_FINDERS = True  # serve straight from static/ without collectstatic on the embedded default
+MEDIA_ROOT = Path(env_str("CLASSCAST_MEDIA_ROOT", str(VAR_DIR / "media")))
+
+# --- Celery ---------------------------------------------------------------------------------------
+_celery_fs = VAR_DIR / "celery"
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
+CELERY_BROKER_TRANSPORT_OPTIONS = (
+    {
+        "data_folder_in": str(_celery_fs / "queue"),
+        "data_folder_out": str(_celery_fs / "queue"),
+        "processed_folder": str(_celery_fs / "processed"),
+        "store_processed": False,
+    }
+    if CELERY_BROKER_URL.startswith("filesystem")
+    else {}
+)
+if CELERY_BROKER_URL.startswith("filesystem"):
+    (_celery_fs / "queue").mkdir(parents=True, exist_ok=True)
+    (_celery_fs / "processed").mkdir(parents=True, exist_ok=True)
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
+CELERY_BEAT_SCHEDULE = {
+    "media-nodes-reap": {"task": "classroom.tasks.media_nodes_reap", "schedule": 30.0},
+}
+
+# --- Media plane ----------------------------------------------------------------------------------
+# ICE servers handed to browsers and to aiortc. Empty by default: nothing reaches for a public STUN
+# server, host candidates are enough on one machine. JSON list of RTCIceServer objects.
+CLASSCAST_ICE_SERVERS = env_json("CLASSCAST_ICE_SERVERS", [])
+# TURN with coturn's `use-auth-secret` (TURN REST API): short-lived credentials per stage member.
+CLASSCAST_TURN_URLS = env_list("CLASSCAST_TURN_URLS", [])
+CLASSCAST_TURN_SECRET = env_str("CLASSCAST_TURN_SECRET")
+CLASSCAST_TURN_TTL_S = env_int("CLASSCAST_TURN_TTL_S", 3600)
+# Host addresses aiortc offers as ICE candidates (comma list, e.g. 127.0.0.1 or the public IP);
+# empty = every interface but loopback, as aioice chooses.
+CLASSCAST_ICE_HOST_ADDRESSES = env_list("CLASSCAST_ICE_HOST_ADDRESSES", [])
+# The media node runs inside the web process unless the channel layer can reach another process.
+CLASSCAST_MEDIA_NODE_EMBEDDED = env_bool("CLASSCAST_MEDIA_NODE_EMBEDDED", not REDIS_URL)
+CLASSCAST_MEDIA_NODE_ID = env_str("CLASSCAST_MEDIA_NODE_ID", f"{socket.gethostname()}-node")
+CLASSCAST_MEDIA_NODE_HEARTBEAT_S = env_int("CLASSCAST_MEDIA_NODE_HEARTBEAT_S", 5)
+CLASSCAST_MEDIA_NODE_CAPACITY = env_int("CLASSCAST_MEDIA_NODE_CAPACITY", 12)  # stage members per node
+CLASSCAST_MEDIA_NODE_METRICS_PORT = env_int("CLASSCAST_MEDIA_NODE_METRICS_PORT", 0)
+CLASSCAST_STAGE_LIMIT = env_int("CLASSCAST_STAGE_LIMIT", 9)
+# Service tokens (egress workers joining as hidden subscribers).
+CLASSCAST_SERVICE_TOKEN_TTL_S = env_int("CLASSCAST_SERVICE_TOKEN_TTL_S", 300)
+# /metrics is open unless a bearer token is set (scrape it from the internal network).
+CLASSCAST_METRICS_TOKEN = env_str("CLASSCAST_METRICS_TOKEN")
+# Signaling limits.
+CLASSCAST_WS_MAX_MESSAGE_BYTES = env_int("CLASSCAST_WS_MAX_MESSAGE_BYTES", 64 * 1024)
+CLASSCAST_WS_RATE_PER_S = env_int("CLASSCAST_WS_RATE_PER_S", 20)
+CLASSCAST_CHAT_MAX_CHARS = env_int("CLASSCAST_CHAT_MAX_CHARS", 1000)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "classroom.logs.JsonFormatter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
+    "root": {"handlers": ["console"], "level": env_str("CLASSCAST_LOG_LEVEL", "INFO")},
+    "loggers": {
+        "aioice": {"level": "WARNING"},
+        "aiortc": {"level": "WARNING"},
+        "daphne": {"level": "WARNING"},
+        "django.channels.server": {"level": "WARNING"},
+    },
+}

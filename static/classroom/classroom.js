@@ -1,0 +1,352 @@
+// The class page (instructor console, student page, watch page): renders the server's snapshot,
+// sends intents, and joins the stage call when its user is on stage.
+import { ClassSocket } from "./socket.js";
+import { StageCall } from "./rtc.js";
+
+const root = document.getElementById("classcast");
+const classId = Number(root.dataset.classId);
+const page = root.dataset.page;
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+
+const app = {
+  me: null,
+  state: { session: null, stage: [], hands: [], participants: [] },
+  members: [],
+  remote: new Map(),     // user_id -> {name, tracks}
+  quality: new Map(),
+  call: null,
+  inCall: false,
+  rtcStates: {},
+  joining: false,
+  firstFrameMs: null,
+  localError: null,
+  lastError: null,
+  events: [],
+};
+window.classcast = app; // for operators' consoles and the browser tests
+
+// ---------- banner ------------------------------------------------------------------------------
+let bannerTimer = null;
+function banner(text, kind = "info", sticky = false) {
+  const el = $("banner");
+  el.textContent = text;
+  el.className = `banner ${kind}`;
+  el.hidden = false;
+  clearTimeout(bannerTimer);
+  if (!sticky) bannerTimer = setTimeout(() => (el.hidden = true), 5000);
+}
+
+// ---------- socket ------------------------------------------------------------------------------
+const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws/classes/${classId}/?page=${page}`;
+const socket = new ClassSocket(wsUrl, {
+  onMessage: handle,
+  onStatus(status, info) {
+    if (status === "lost") {
+      banner(`Connection lost. Reconnecting in ${Math.round(info.delay / 100) / 10} s…`, "warn", true);
+      leaveCall(false);
+    } else if (status === "reconnecting") banner("Reconnecting…", "warn", true);
+    else if (status === "reconnected") banner("Reconnected.", "ok");
+    else if (status === "refused") banner("You cannot join this class (not logged in or not a member).", "error", true);
+  },
+});
+const send = (type, fields) => socket.send(type, fields);
+
+function handle(msg) {
+  switch (msg.type) {
+    case "welcome":
+      app.me = msg.me;
+      app.members = msg.members || [];
+      app.state = msg.state;
+      $("chat-log").replaceChildren();
+      for (const m of msg.chat || []) addChat(m);
+      render();
+      break;
+    case "event":
+      app.events.push(msg.event);
+      if (msg.state) app.state = msg.state;
+      announce(msg.event);
+      render();
+      break;
+    case "presence":
+      app.state.participants = msg.participants;
+      renderParticipants();
+      break;
+    case "chat":
+      addChat(msg.message);
+      break;
+    case "rtc.config":
+      app.call.configure(msg.ice_servers);
+      break;
+    case "rtc.offer":
+      app.call.handleOffer(msg).catch((err) => banner(`Could not apply the media offer: ${err}`, "error"));
+      break;
+    case "rtc.state":
+      break; // the browser's own connection state is shown (see onState)
+    case "rtc.closed":
+      leaveCall(false);
+      if (msg.reason === "removed") banner("The instructor took you off the stage.", "info");
+      else if (msg.reason === "replaced") banner("You joined the stage from another tab.", "info");
+      else if (msg.reason === "connection_failed") banner("The media connection failed.", "error");
+      break;
+    case "error":
+      app.lastError = msg;
+      banner(msg.message, "error");
+      break;
+  }
+}
+
+// ---------- state rendering ---------------------------------------------------------------------
+const myStage = () => app.me && app.state.stage.find((m) => m.user_id === app.me.user_id);
+const onStage = () => { const m = myStage(); return !!m && m.state === "on_stage"; };
+const handRaised = () => app.me && app.state.hands.some((h) => h.user_id === app.me.user_id);
+
+function announce(ev) {
+  const me = app.me && app.me.user_id;
+  if (ev.kind === "session.ended") banner("The class has ended.", "info");
+  if (ev.kind === "stage.invited" && ev.subject_id === me && page === "class") banner("You are invited on stage.", "ok");
+  if (ev.kind === "stage.muted" && ev.subject_id === me && ev.actor_id !== me && ev.data.muted) {
+    app.call && app.call.setEnabled(ev.data.kind, false);
+    banner(`The instructor muted your ${ev.data.kind === "audio" ? "microphone" : "camera"}.`, "info");
+  }
+}
+
+function show(id, visible) { const el = $(id); if (el) el.hidden = !visible; }
+
+function render() {
+  const s = app.state;
+  const live = !!s.session;
+  const status = $("session-status");
+  status.textContent = live ? "Live" : "Not started";
+  status.className = live ? "badge live" : "badge";
+  const mine = myStage();
+  if (page === "console") {
+    show("start-session", !live);
+    show("end-session", live);
+    renderHands();
+    renderMembers();
+  }
+  if (page === "class") {
+    show("raise-hand", live && !mine && !handRaised());
+    show("lower-hand", live && handRaised());
+    show("invitation", live && mine && mine.state === "invited");
+    show("leave-stage", live && onStage());
+  }
+  show("toggle-audio", onStage());
+  show("toggle-video", onStage());
+  if (mine) {
+    $("toggle-audio") && ($("toggle-audio").textContent = mine.audio_muted ? "Unmute mic" : "Mute mic");
+    $("toggle-video") && ($("toggle-video").textContent = mine.video_muted ? "Start camera" : "Stop camera");
+  }
+  renderStage();
+  renderParticipants();
+  syncCall();
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "dataset") Object.assign(node.dataset, v);
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
+function renderStage() {
+  const grid = $("stage-grid");
+  const members = app.state.stage.filter((m) => m.state === "on_stage");
+  $("stage-empty").hidden = members.length > 0;
+  const keep = new Set(members.map((m) => String(m.user_id)));
+  for (const tile of [...grid.children]) if (!keep.has(tile.dataset.userId)) tile.remove();
+  for (const m of members) {
+    let tile = grid.querySelector(`[data-user-id="${m.user_id}"]`);
+    if (!tile) {
+      const video = el("video", { autoplay: "", playsinline: "" });
+      tile = el("figure", { class: "tile", dataset: { userId: String(m.user_id) } },
+        video,
+        el("figcaption", {}, el("span", { class: "name" }), el("span", { class: "flags" }), el("span", { class: "quality" })),
+        el("div", { class: "tile-actions" }));
+      grid.append(tile);
+    }
+    const isMe = app.me && m.user_id === app.me.user_id;
+    tile.classList.toggle("me", isMe);
+    tile.querySelector(".name").textContent = isMe ? `${m.name} (you)` : m.name;
+    tile.querySelector(".flags").textContent = `${m.audio_muted ? " 🔇" : ""}${m.video_muted ? " 📷✕" : ""}`;
+    const actions = tile.querySelector(".tile-actions");
+    actions.replaceChildren();
+    if (app.me && app.me.can_manage && !isMe && page === "console") {
+      actions.append(
+        el("button", { type: "button", class: "small", onclick: () => send("stage.mute", { user_id: m.user_id, kind: "audio", muted: true }) }, "Mute"),
+        el("button", { type: "button", class: "small danger", "data-action": "remove", onclick: () => send("stage.remove", { user_id: m.user_id }) }, "Remove"),
+      );
+    }
+    attachMedia(tile, m.user_id, isMe);
+  }
+  renderQuality();
+}
+
+function attachMedia(tile, userId, isMe) {
+  const video = tile.querySelector("video");
+  if (isMe) {
+    video.muted = true; // never play our own microphone back
+    const local = app.call && app.call.local;
+    if (local && video.srcObject !== local) video.srcObject = local;
+    return;
+  }
+  const entry = app.remote.get(userId);
+  if (!entry) { video.srcObject = null; return; }
+  const current = video.srcObject;
+  const same = current && entry.tracks.length === current.getTracks().length &&
+    entry.tracks.every((t) => current.getTracks().includes(t));
+  if (!same) {
+    video.srcObject = new MediaStream(entry.tracks);
+    video.play().catch(() => {});
+  }
+  if (!video.dataset.watch) {
+    video.dataset.watch = "1";
+    const first = () => {
+      if (app.firstFrameMs === null) {
+        app.firstFrameMs = performance.now();
+        send("stats.report", { join_ms: Math.round(app.firstFrameMs) });
+      }
+    };
+    if (video.requestVideoFrameCallback) video.requestVideoFrameCallback(first);
+    else video.addEventListener("loadeddata", first, { once: true });
+  }
+}
+
+function renderQuality() {
+  for (const tile of $("stage-grid").children) {
+    const isMe = tile.classList.contains("me");
+    const q = app.quality.get(isMe ? "me" : Number(tile.dataset.userId));
+    const span = tile.querySelector(".quality");
+    if (!q) { span.textContent = ""; span.className = "quality"; continue; }
+    const loss = q.packet_loss || 0;
+    const rtt = q.rtt_ms ?? 0;
+    const level = loss > 0.08 || rtt > 600 ? "poor" : loss > 0.02 || rtt > 300 ? "fair" : "good";
+    span.className = `quality ${level}`;
+    span.title = `${level} connection`;
+    span.textContent = `● ${(q.bitrate_bps / 1e6).toFixed(2)} Mb/s · ${(loss * 100).toFixed(1)}% loss · ${Math.round(rtt)} ms`;
+  }
+}
+
+function renderParticipants() {
+  const list = $("participants");
+  const people = app.state.participants || [];
+  $("participant-count").textContent = String(people.length);
+  list.replaceChildren(...people.map((p) =>
+    el("li", { dataset: { userId: String(p.user_id) } }, `${p.name}`, el("span", { class: "role" }, ` ${p.role}${p.pages.includes("watch") && !p.pages.includes("class") ? " · watching" : ""}`))));
+}
+
+function renderHands() {
+  const list = $("hands");
+  const hands = app.state.hands;
+  $("hand-count").textContent = String(hands.length);
+  $("hands-empty").hidden = hands.length > 0;
+  list.replaceChildren(...hands.map((h) => el("li", { dataset: { userId: String(h.user_id) } },
+    el("span", {}, h.name),
+    el("button", { type: "button", class: "small", "data-action": "invite", onclick: () => send("stage.invite", { user_id: h.user_id }) }, "Invite"),
+    el("button", { type: "button", class: "small secondary", onclick: () => send("hand.lower", { user_id: h.user_id }) }, "Dismiss"))));
+}
+
+function renderMembers() {
+  const list = $("members");
+  const stageBy = new Map(app.state.stage.map((m) => [m.user_id, m.state]));
+  const online = new Set((app.state.participants || []).map((p) => p.user_id));
+  list.replaceChildren(...app.members.filter((m) => m.role === "student").map((m) => {
+    const st = stageBy.get(m.user_id);
+    const label = st === "on_stage" ? "on stage" : st === "invited" ? "invited" : online.has(m.user_id) ? "online" : "offline";
+    const li = el("li", { dataset: { userId: String(m.user_id) } }, el("span", {}, m.name), el("span", { class: "role" }, ` ${label}`));
+    if (app.state.session && !st) li.append(el("button", { type: "button", class: "small", onclick: () => send("stage.invite", { user_id: m.user_id }) }, "Invite"));
+    return li;
+  }));
+}
+
+// ---------- chat --------------------------------------------------------------------------------
+function addChat(m) {
+  const log = $("chat-log");
+  const time = new Date(m.at).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  log.append(el("li", {}, el("time", {}, time), el("strong", {}, ` ${m.name}: `), el("span", {}, m.text)));
+  log.scrollTop = log.scrollHeight;
+}
+$("chat-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const input = $("chat-input");
+  const text = input.value.trim();
+  if (!text) return;
+  send("chat.send", { text });
+  input.value = "";
+});
+
+// ---------- the stage call ----------------------------------------------------------------------
+function syncCall() {
+  if (page === "watch" || !app.me) return;
+  if (onStage() && !app.inCall && !app.joining) joinCall();
+  else if (!onStage() && app.inCall) leaveCall(true);
+}
+
+async function joinCall() {
+  app.joining = true;
+  app.call = app.call || new StageCall({
+    send,
+    icePolicy: params.get("ice") === "relay" ? "relay" : "all",
+    onRemote(byUser) { app.remote = byUser; renderStage(); },
+    onState(name, state) {
+      app.rtcStates[name] = state;
+      const states = Object.values(app.rtcStates);
+      const shown = states.includes("failed") ? "failed" : states.every((s) => s === "connected") ? "connected" : states.includes("disconnected") ? "disconnected" : "connecting";
+      const badge = $("rtc-status");
+      badge.hidden = false;
+      badge.textContent = `media: ${shown}`;
+      badge.className = `badge subtle ${shown}`;
+      if (state === "failed") banner("The media connection failed; check your network.", "error");
+      else if (state === "disconnected") banner("Media connection interrupted; trying to recover…", "warn");
+    },
+    onStats(quality) { app.quality = quality; renderQuality(); },
+  });
+  const local = await app.call.startLocal();
+  if (!local.ok) {
+    app.localError = String(local.error && local.error.name);
+    const denied = local.error && (local.error.name === "NotAllowedError" || local.error.name === "SecurityError");
+    banner(denied
+      ? "Camera and microphone access was denied. Allow it in the browser's site settings to be seen and heard; you can still see and hear the stage."
+      : `No camera or microphone could be opened (${local.error && local.error.name}). You can still see and hear the stage.`, "error", true);
+  }
+  app.inCall = true;
+  app.joining = false;
+  send("rtc.join");
+  renderStage();
+}
+
+function leaveCall(tellServer) {
+  if (!app.inCall) return;
+  if (tellServer) send("rtc.leave");
+  app.inCall = false;
+  app.rtcStates = {};
+  if (app.call) app.call.stop();
+  app.remote = new Map();
+  $("rtc-status").hidden = true;
+  renderStage();
+}
+
+// ---------- controls ----------------------------------------------------------------------------
+const on = (id, fn) => { const b = $(id); if (b) b.addEventListener("click", fn); };
+on("start-session", () => send("session.start"));
+on("end-session", () => { if (confirm("End the class for everyone?")) send("session.end"); });
+on("raise-hand", () => send("hand.raise"));
+on("lower-hand", () => send("hand.lower"));
+on("accept-invite", () => send("stage.accept"));
+on("decline-invite", () => send("stage.decline"));
+on("leave-stage", () => send("stage.leave"));
+for (const kind of ["audio", "video"]) {
+  on(`toggle-${kind}`, () => {
+    const mine = myStage();
+    if (!mine) return;
+    const muted = !mine[`${kind}_muted`];
+    app.call && app.call.setEnabled(kind, !muted);
+    send("stage.mute", { kind, muted });
+  });
+}
+window.addEventListener("beforeunload", () => socket.close());

@@ -1,0 +1,180 @@
+// The browser side of the stage call: the media node offers, we answer (no glare, ever).
+// Two connections, as LiveKit's clients hold: `publish` carries our camera and microphone (its two
+// transceivers, negotiated once), `subscribe` carries the rest of the stage; each of its offers
+// maps mids to stage members (`tracks`), so tiles are rebuilt from every offer.
+
+const STATS_INTERVAL_MS = 2000;
+
+export class StageCall {
+  constructor({ send, onRemote, onState, onStats, onFirstFrame, icePolicy }) {
+    this.send = send;
+    this.onRemote = onRemote;       // (Map user_id -> {stream, name, kinds}) on every offer
+    this.onState = onState;         // connection state string
+    this.onStats = onStats;         // (Map user_id|"me" -> quality) every 2 s
+    this.onFirstFrame = onFirstFrame;
+    this.icePolicy = icePolicy || "all";
+    this.pub = null;
+    this.sub = null;
+    this.iceServers = [];
+    this.local = null;
+    this.tracks = {};
+    this.prev = new Map();
+    this.statsTimer = null;
+  }
+
+  async startLocal() {
+    try {
+      this.local = await navigator.mediaDevices.getUserMedia({
+        audio: true,
+        video: { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 30 } },
+      });
+      return { ok: true, stream: this.local };
+    } catch (err) {
+      this.local = null;
+      return { ok: false, error: err };
+    }
+  }
+
+  configure(iceServers) {
+    this.closePc();
+    this.iceServers = iceServers;
+    this.statsTimer = setInterval(() => this.collectStats(), STATS_INTERVAL_MS);
+  }
+
+  newPc(name) {
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers, iceTransportPolicy: this.icePolicy });
+    pc.onicecandidate = (ev) => {
+      if (ev.candidate && ev.candidate.candidate) {
+        this.send("rtc.candidate", {
+          pc: name,
+          candidate: ev.candidate.candidate,
+          sdpMid: ev.candidate.sdpMid,
+          sdpMLineIndex: ev.candidate.sdpMLineIndex,
+        });
+      }
+    };
+    pc.onconnectionstatechange = () => this.onState(name, pc.connectionState);
+    return pc;
+  }
+
+  async handleOffer({ pc: name, sdp, tracks }) {
+    if (!sdp) return; // joined, nothing to receive yet
+    if (name === "publish") {
+      this.pub = this.pub || this.newPc("publish");
+      await this.pub.setRemoteDescription({ type: "offer", sdp });
+      for (const t of this.pub.getTransceivers()) {
+        const track = this.local && this.local.getTracks().find((x) => x.kind === t.receiver.track.kind);
+        if (track) {
+          await t.sender.replaceTrack(track);
+          t.direction = "sendonly";
+        } else {
+          t.direction = "inactive";
+        }
+      }
+      await this.pub.setLocalDescription(await this.pub.createAnswer());
+      this.send("rtc.answer", { pc: "publish", sdp: this.pub.localDescription.sdp });
+      return;
+    }
+    this.sub = this.sub || this.newPc("subscribe");
+    await this.sub.setRemoteDescription({ type: "offer", sdp });
+    await this.sub.setLocalDescription(await this.sub.createAnswer());
+    this.send("rtc.answer", { pc: "subscribe", sdp: this.sub.localDescription.sdp });
+    this.tracks = tracks || {};
+    this.onRemote(this.remoteStreams());
+  }
+
+  remoteStreams() {
+    const byUser = new Map();
+    for (const t of this.sub ? this.sub.getTransceivers() : []) {
+      const info = this.tracks[t.mid];
+      if (!info || !t.receiver.track) continue;
+      let entry = byUser.get(info.user_id);
+      if (!entry) {
+        entry = { name: info.name, role: info.role, tracks: [] };
+        byUser.set(info.user_id, entry);
+      }
+      entry.tracks.push(t.receiver.track);
+    }
+    return byUser;
+  }
+
+  midUser(mid) {
+    const info = this.tracks[mid];
+    return info ? info.user_id : null;
+  }
+
+  async collectStats() {
+    const pcs = [this.pub, this.sub].filter((pc) => pc && pc.connectionState !== "closed");
+    if (!pcs.length) return;
+    const report = new Map();
+    for (const pc of pcs) (await pc.getStats()).forEach((s, id) => report.set(id, s));
+    const now = performance.now();
+    const quality = new Map();
+    const reports = [];
+    let rttMs = null;
+    const bump = (key, values) => quality.set(key, { ...(quality.get(key) || {}), ...values });
+    report.forEach((s) => {
+      if (s.type === "candidate-pair" && s.nominated && s.currentRoundTripTime !== undefined && rttMs === null) {
+        rttMs = s.currentRoundTripTime * 1000;
+      }
+    });
+    report.forEach((s) => {
+      if (s.type !== "inbound-rtp" && s.type !== "outbound-rtp") return;
+      const inbound = s.type === "inbound-rtp";
+      const key = `${s.type}:${s.ssrc}`;
+      const bytes = inbound ? s.bytesReceived : s.bytesSent;
+      const prev = this.prev.get(key);
+      this.prev.set(key, { t: now, bytes, lost: s.packetsLost || 0, recv: s.packetsReceived || 0 });
+      if (!prev) return;
+      const dt = Math.max((now - prev.t) / 1000, 0.001);
+      const bitrate = ((bytes - prev.bytes) * 8) / dt;
+      const entry = { kind: s.kind, direction: inbound ? "inbound" : "outbound", bitrate_bps: Math.max(0, bitrate) };
+      if (inbound) {
+        const lost = Math.max(0, (s.packetsLost || 0) - prev.lost);
+        const recv = Math.max(0, (s.packetsReceived || 0) - prev.recv);
+        entry.packet_loss = recv + lost > 0 ? lost / (recv + lost) : 0;
+        entry.jitter_ms = (s.jitter || 0) * 1000;
+        if (s.framesPerSecond !== undefined) entry.fps = s.framesPerSecond;
+        const user = this.midUser(s.mid);
+        if (user !== null) {
+          entry.user_id = user;
+          const q = quality.get(user) || { bitrate_bps: 0, packet_loss: 0 };
+          bump(user, {
+            bitrate_bps: q.bitrate_bps + entry.bitrate_bps,
+            packet_loss: Math.max(q.packet_loss, entry.packet_loss),
+            rtt_ms: rttMs,
+          });
+        }
+      } else {
+        const q = quality.get("me") || { bitrate_bps: 0, packet_loss: 0 };
+        bump("me", { bitrate_bps: q.bitrate_bps + entry.bitrate_bps, packet_loss: q.packet_loss, rtt_ms: rttMs });
+      }
+      reports.push(entry);
+    });
+    this.onStats(quality);
+    const msg = { tracks: reports.slice(0, 32) };
+    if (rttMs !== null) msg.rtt_ms = rttMs;
+    if (reports.length || rttMs !== null) this.send("stats.report", msg);
+  }
+
+  setEnabled(kind, enabled) {
+    if (!this.local) return;
+    for (const t of this.local.getTracks()) if (t.kind === kind) t.enabled = enabled;
+  }
+
+  closePc() {
+    if (this.statsTimer) clearInterval(this.statsTimer);
+    this.statsTimer = null;
+    for (const pc of [this.pub, this.sub]) if (pc) pc.close();
+    this.pub = null;
+    this.sub = null;
+    this.tracks = {};
+    this.prev.clear();
+  }
+
+  stop() {
+    this.closePc();
+    if (this.local) for (const t of this.local.getTracks()) t.stop();
+    this.local = null;
+  }
+}

@@ -1,0 +1,170 @@
+"""Shared fixtures: demo data, real server processes (daphne, media node, coturn) and Chromium.
+
+The suite runs twice (see Makefile): scaled out (PostgreSQL + Redis + a separate media node process)
+and on the embedded default (SQLite + in-memory layer + the media node inside the web process).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCALED = bool(os.environ.get("REDIS_URL"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, *, proc: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on {port} after {timeout}s")
+
+
+def database_url_for_tests() -> str:
+    """The URL of the test database pytest-django created, for server processes to share."""
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    return f"postgres://{db.get('USER') or 'postgres'}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env.update(
+        DJANGO_SETTINGS_MODULE="config.settings",
+        DATABASE_URL=database_url_for_tests(),
+        CLASSCAST_ICE_HOST_ADDRESSES="127.0.0.1",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+class LiveServer:
+    def __init__(self, *, port: int, procs: list[subprocess.Popen], log_dir: Path) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.procs = procs
+        self.log_dir = log_dir
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-4000:] for p in sorted(self.log_dir.glob("*.log")))
+
+
+def start_live_server(tmp: Path, **env_extra: str) -> LiveServer:
+    """daphne serving config.asgi, plus a media node process when the channel layer is Redis."""
+    port = free_port()
+    env = server_env(**env_extra)
+    procs = []
+    if SCALED:
+        node_log = open(tmp / "media_node.log", "w")
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "manage.py", "media_node", "--node-id", f"test-node-{port}"],
+                cwd=ROOT, env=env, stdout=node_log, stderr=subprocess.STDOUT,
+            )
+        )
+    web_log = open(tmp / "web.log", "w")
+    web = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+        cwd=ROOT, env=env, stdout=web_log, stderr=subprocess.STDOUT,
+    )
+    procs.append(web)
+    wait_for_port(port, proc=web)
+    return LiveServer(port=port, procs=procs, log_dir=tmp)
+
+
+def stop_processes(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
+def demo(db) -> dict[str, Any]:
+    from classroom.services.demo import demo_seed
+
+    return demo_seed()
+
+
+@pytest.fixture
+def live_server_proc(transactional_db, tmp_path) -> Iterator[LiveServer]:
+    from classroom.models import MediaNode
+
+    MediaNode.objects.all().delete()  # nodes of earlier tests are gone
+    server = start_live_server(tmp_path)
+    try:
+        yield server
+    finally:
+        stop_processes(server.procs)
+
+
+@pytest.fixture
+def live_demo(live_server_proc) -> dict[str, Any]:
+    from classroom.services.demo import demo_seed
+
+    return demo_seed()
+
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+    "--autoplay-policy=no-user-gesture-required",
+]
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def login_page(browser: Any, server: LiveServer, username: str, password: str) -> Any:
+    """A new browser context logged in as `username` through the real login form."""
+    context = browser.new_context(base_url=server.url, permissions=["camera", "microphone"])
+    page = context.new_page()
+    page.goto("/accounts/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda url: "/accounts/login/" not in url)
+    return page
