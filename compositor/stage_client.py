@@ -1,0 +1,136 @@
+"""The egress side of the stage: join a class as a hidden, subscribe-only participant.
+
+Uses the same socket API as a browser (`/ws/classes/<id>/?token=<service token>`): asks for the
+stage with `rtc.join`, answers the media node's `subscribe` offers, and keeps the current set of
+stage tracks by mid. Egress workers (compositor, recorder) read `StageSubscriber.tracks`; they run
+in any process on any machine, and the media node does not care (as LiveKit Egress and Jibri do).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import websockets
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+
+from . import CompositorError
+
+log = logging.getLogger("classcast.egress")
+
+
+class StageConnectionError(CompositorError):
+    """The class socket refused us or went away."""
+
+
+@dataclass(frozen=True)
+class StageClientConfig:
+    ws_url: str  # ws(s)://host/ws/classes/<id>/?token=<service token>
+    origin: str  # the site's own origin (the socket checks it like a browser's)
+    open_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class StageTrack:
+    mid: str
+    user_id: int
+    name: str
+    role: str
+    kind: str
+    track: MediaStreamTrack
+
+
+TracksCallback = Callable[[dict[str, StageTrack]], None]
+
+
+class StageSubscriber:
+    def __init__(self, config: StageClientConfig, *, on_tracks: TracksCallback | None = None) -> None:
+        self.config = config
+        self.on_tracks = on_tracks
+        self.pc: RTCPeerConnection | None = None
+        self.rtc_config = RTCConfiguration(iceServers=[])
+        self.tracks: dict[str, StageTrack] = {}
+        self.state: dict[str, Any] = {}
+        self.joined = asyncio.Event()
+        self.closed_reason: str | None = None
+        self._ws: Any = None
+
+    async def run(self) -> None:
+        """Connect, join, and follow the stage until the socket or the media connection closes."""
+        try:
+            async with websockets.connect(
+                self.config.ws_url,
+                origin=self.config.origin,
+                open_timeout=self.config.open_timeout_s,
+                max_size=4 * 1024 * 1024,
+            ) as ws:
+                self._ws = ws
+                async for raw in ws:
+                    if not await self._handle(json.loads(raw)):
+                        break
+        except websockets.InvalidStatus as exc:
+            raise StageConnectionError(f"the class socket refused the service token ({exc})") from None
+        except (OSError, websockets.ConnectionClosedError) as exc:
+            raise StageConnectionError(f"the class socket went away ({exc})") from None
+        finally:
+            self._ws = None
+            if self.pc is not None:
+                await self.pc.close()
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._send("rtc.leave")
+            await self._ws.close()
+
+    async def _send(self, type_: str, **fields: Any) -> None:
+        await self._ws.send(json.dumps({"type": type_, **fields}))
+
+    async def _handle(self, msg: dict[str, Any]) -> bool:
+        kind = msg.get("type")
+        if kind == "welcome":
+            self.state = msg.get("state") or {}
+            await self._send("rtc.join")
+        elif kind == "event" and msg.get("state"):
+            self.state = msg["state"]
+        elif kind == "rtc.config":
+            self.rtc_config = RTCConfiguration(
+                iceServers=[
+                    RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
+                    for s in msg.get("ice_servers", [])
+                ]
+            )
+        elif kind == "rtc.offer" and msg.get("pc") == "subscribe":
+            await self._apply_offer(msg.get("sdp"), msg.get("tracks") or {})
+            self.joined.set()
+        elif kind == "rtc.closed":
+            self.closed_reason = msg.get("reason")
+            return False
+        elif kind == "error":
+            log.warning("class socket error %s: %s", msg.get("code"), msg.get("message"))
+        return True
+
+    async def _apply_offer(self, sdp: str | None, described: dict[str, dict[str, Any]]) -> None:
+        if not sdp:
+            return  # joined; nothing on stage to receive yet
+        if self.pc is None:
+            self.pc = RTCPeerConnection(self.rtc_config)
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        await self._send("rtc.answer", pc="subscribe", sdp=self.pc.localDescription.sdp)
+        tracks = {}
+        for transceiver in self.pc.getTransceivers():
+            info = described.get(transceiver.mid or "")
+            if info is not None and transceiver.receiver.track is not None:
+                tracks[transceiver.mid] = StageTrack(
+                    mid=transceiver.mid,
+                    user_id=info["user_id"],
+                    name=info.get("name", ""),
+                    role=info.get("role", ""),
+                    kind=info["kind"],
+                    track=transceiver.receiver.track,
+                )
+        self.tracks = tracks
+        if self.on_tracks is not None:
+            self.on_tracks(dict(tracks))
