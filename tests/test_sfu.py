@@ -1,0 +1,168 @@
+"""The media node's Room with real aiortc clients in-process: negotiation, forwarding, leaving, errors."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
+
+from classroom.media_node.node import ice_host_addresses_pin
+from classroom.media_node.sfu import NegotiationError, PeerSpec, Room, UnknownPeerError
+
+pytestmark = pytest.mark.slow
+
+
+class Client:
+    """A stand-in for a browser: answers the node's offers on a publish and a subscribe connection."""
+
+    def __init__(self, room: Room, peer_id: str, *, publish: bool) -> None:
+        self.room = room
+        self.peer_id = peer_id
+        self.publish = publish
+        self.pcs: dict[str, RTCPeerConnection] = {}
+        self.tracks: dict[str, dict[str, Any]] = {}
+        self.messages: list[dict[str, Any]] = []
+        self.offers = 0
+
+    async def deliver(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+        if message["type"] == "media.offer" and message["sdp"]:
+            self.offers += 1
+            asyncio.ensure_future(self._answer(message))
+
+    async def _answer(self, message: dict[str, Any]) -> None:
+        name = message["pc"]
+        pc = self.pcs.get(name)
+        if pc is None:
+            pc = self.pcs[name] = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=message["sdp"], type="offer"))
+        if name == "publish":
+            for transceiver in pc.getTransceivers():
+                track = AudioStreamTrack() if transceiver.kind == "audio" else VideoStreamTrack()
+                transceiver.sender.replaceTrack(track)
+                transceiver.direction = "sendonly"
+        else:
+            self.tracks = message["tracks"]
+        await pc.setLocalDescription(await pc.createAnswer())
+        async with self.room.lock:
+            await self.room.answer(self.peer_id, name, pc.localDescription.sdp)
+
+    def receiver_track(self, user_id: int, kind: str):
+        sub = self.pcs.get("subscribe")
+        if sub is None:
+            return None
+        for transceiver in sub.getTransceivers():
+            info = self.tracks.get(transceiver.mid)
+            if info and info["user_id"] == user_id and info["kind"] == kind:
+                return transceiver.receiver.track
+        return None
+
+    async def close(self) -> None:
+        for pc in self.pcs.values():
+            await pc.close()
+
+
+async def wait_for(predicate, timeout: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def room_and_clients():
+    ice_host_addresses_pin(["127.0.0.1"])
+    clients: dict[str, Client] = {}
+
+    async def send(channel: str, message: dict[str, Any]) -> None:
+        await clients[channel].deliver(message)
+
+    room = Room(session_id=1, rtc_config=RTCConfiguration(iceServers=[]), send=send)
+    return room, clients
+
+
+async def join(room: Room, clients: dict[str, Client], peer_id: str, user_id: int, *, publish: bool = True) -> Client:
+    client = clients[peer_id] = Client(room, peer_id, publish=publish)
+    async with room.lock:
+        await room.join(
+            PeerSpec(peer_id=peer_id, session_id=1, user_id=user_id, name=f"user {user_id}", role="student", publish=publish)
+        )
+    return client
+
+
+async def test_two_publishers_receive_each_other_and_a_leave_frees_everything(room_and_clients):
+    room, clients = room_and_clients
+    a = await join(room, clients, "a", 1)
+    b = await join(room, clients, "b", 2)
+    await wait_for(lambda: a.receiver_track(2, "video") is not None and b.receiver_track(1, "video") is not None)
+    frame = await asyncio.wait_for(a.receiver_track(2, "video").recv(), timeout=20)
+    assert frame.width == 640 and frame.height == 480
+    frame = await asyncio.wait_for(b.receiver_track(1, "audio").recv(), timeout=20)
+    assert frame.sample_rate == 48000
+    # Publish connections are negotiated once; only subscribe connections are re-offered.
+    assert sum(1 for m in a.messages if m["type"] == "media.offer" and m["pc"] == "publish") == 1
+
+    b_pcs = [pc for _, pc in room.peers["b"].pcs()]
+    async with room.lock:
+        await room.leave("b", reason="left")
+    assert "b" not in room.peers
+    assert all(pc.connectionState == "closed" for pc in b_pcs)
+    await wait_for(lambda: not a.tracks or all(info["user_id"] != 2 for info in a.tracks.values()))
+    peer_a = room.peers["a"]
+    assert not any(key[0] == "b" for key in peer_a.outbound)
+    # Freed transceivers stay for re-use and carry nothing.
+    assert all(t.sender.track is None for t in peer_a.sub.getTransceivers())
+    await a.close()
+    await b.close()
+    async with room.lock:
+        await room.close(reason="test_over")
+    assert room.peers == {}
+
+
+async def test_subscriber_only_peer_gets_stage_and_sends_nothing(room_and_clients):
+    room, clients = room_and_clients
+    a = await join(room, clients, "a", 1)
+    w = await join(room, clients, "w", None, publish=False)
+    await wait_for(lambda: w.receiver_track(1, "video") is not None)
+    assert "publish" not in w.pcs
+    frame = await asyncio.wait_for(w.receiver_track(1, "video").recv(), timeout=20)
+    assert frame.width == 640
+    await a.close()
+    await w.close()
+    async with room.lock:
+        await room.close(reason="test_over")
+
+
+async def test_kick_closes_that_users_connections_and_tells_them(room_and_clients):
+    room, clients = room_and_clients
+    a = await join(room, clients, "a", 1)
+    b = await join(room, clients, "b", 2)
+    await wait_for(lambda: b.receiver_track(1, "video") is not None)
+    async with room.lock:
+        await room.kick_user(2, reason="removed")
+    assert "b" not in room.peers
+    assert {"type": "media.closed", "session_id": 1, "reason": "removed"} in b.messages
+    await a.close()
+    await b.close()
+    async with room.lock:
+        await room.close(reason="test_over")
+
+
+async def test_bad_answers_and_unknown_peers_are_refused(room_and_clients):
+    room, clients = room_and_clients
+    a = await join(room, clients, "a", 1)
+    await wait_for(lambda: room.peers["a"].pub.signalingState == "stable")
+    with pytest.raises(NegotiationError):
+        await room.answer("a", "publish", "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n")
+    with pytest.raises(NegotiationError):
+        await room.answer("a", "subscribe", "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n")
+    with pytest.raises(UnknownPeerError):
+        await room.answer("nobody", "publish", "v=0\r\n")
+    with pytest.raises(NegotiationError):
+        await room.candidate("a", "publish", "candidate:garbage", "0", 0)
+    await a.close()
+    async with room.lock:
+        await room.close(reason="test_over")
