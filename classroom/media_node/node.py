@@ -17,17 +17,19 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from .. import metrics
-from ..services.ice import ice_servers_for
 from ..services.media import media_node_channel, media_node_heartbeat, media_node_remove
 from .sfu import MediaNodeError, PeerSpec, Room
 
 log = logging.getLogger("classcast.media_node")
 
 
-def rtc_configuration(*, node_id: str) -> RTCConfiguration:
+def rtc_configuration() -> RTCConfiguration:
+    """The node's own ICE servers: the static list only, never TURN. A media node is the reachable end
+    (browsers relay to it), as in LiveKit and Jitsi; an unreachable TURN server would also cost aioice
+    a 5 s allocation wait inside every setLocalDescription, and node credentials would expire."""
     servers = [
         RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
-        for s in ice_servers_for(user=f"node-{node_id}")
+        for s in settings.CLASSCAST_ICE_SERVERS
     ]
     # An explicit (possibly empty) list: aiortc would otherwise reach for a public STUN server.
     return RTCConfiguration(iceServers=servers)
@@ -47,7 +49,7 @@ class MediaNode:
         self.capacity = capacity
         self.layer = get_channel_layer()
         self.rooms: dict[int, Room] = {}
-        self.rtc_config = rtc_configuration(node_id=node_id)
+        self.rtc_config = rtc_configuration()
         self._stopping = asyncio.Event()
 
     @property
