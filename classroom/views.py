@@ -91,8 +91,11 @@ def ice_servers(request: HttpRequest, classroom_id: int) -> JsonResponse:
 def metrics_view(request: HttpRequest) -> HttpResponse:
     token = settings.CLASSCAST_METRICS_TOKEN
     if token:
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given, token):
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        # Bytes: compare_digest refuses non-ASCII str, and a header may carry any latin-1 octet.
+        if scheme != "Bearer" or not hmac.compare_digest(
+            given.strip().encode("utf-8", "surrogateescape"), token.encode()
+        ):
             return HttpResponse("metrics need a bearer token\n", status=401, content_type="text/plain")
     database_collector_register()
     return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import websockets
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCBundlePolicy, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from . import CompositorError
 
@@ -50,7 +50,7 @@ class StageSubscriber:
         self.config = config
         self.on_tracks = on_tracks
         self.pc: RTCPeerConnection | None = None
-        self.rtc_config = RTCConfiguration(iceServers=[])
+        self.rtc_config = RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         self.tracks: dict[str, StageTrack] = {}
         self.state: dict[str, Any] = {}
         self.joined = asyncio.Event()
@@ -99,7 +99,8 @@ class StageSubscriber:
                 iceServers=[
                     RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
                     for s in msg.get("ice_servers", [])
-                ]
+                ],
+                bundlePolicy=RTCBundlePolicy.MAX_BUNDLE,
             )
         elif kind == "rtc.offer" and msg.get("pc") == "subscribe":
             await self._apply_offer(msg.get("sdp"), msg.get("tracks") or {})

@@ -100,6 +100,7 @@ USE_TZ = True
 
 STATIC_URL = "/static/"
 STATIC_ROOT = VAR_DIR / "staticfiles"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns on every request without it
 STATICFILES_DIRS = [BASE_DIR / "static"]
 WHITENOISE_USE_FINDERS = True  # serve straight from static/ without collectstatic on the embedded default
 MEDIA_ROOT = Path(env_str("CLASSCAST_MEDIA_ROOT", str(VAR_DIR / "media")))
@@ -154,7 +155,6 @@ CLASSCAST_METRICS_TOKEN = env_str("CLASSCAST_METRICS_TOKEN")
 # Signaling limits.
 CLASSCAST_WS_MAX_MESSAGE_BYTES = env_int("CLASSCAST_WS_MAX_MESSAGE_BYTES", 64 * 1024)
 CLASSCAST_WS_RATE_PER_S = env_int("CLASSCAST_WS_RATE_PER_S", 20)
-CLASSCAST_CHAT_MAX_CHARS = env_int("CLASSCAST_CHAT_MAX_CHARS", 1000)
 
 LOGGING = {
     "version": 1,

@@ -5,10 +5,10 @@ import asyncio
 from typing import Any
 
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
-from classroom.media_node.node import ice_host_addresses_pin
+from classroom.media_node.node import ice_host_addresses_pin, rtc_configuration
 from classroom.media_node.sfu import NegotiationError, PeerSpec, Room, UnknownPeerError
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,7 @@ class Client:
         name = message["pc"]
         pc = self.pcs.get(name)
         if pc is None:
-            pc = self.pcs[name] = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            pc = self.pcs[name] = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
         await pc.setRemoteDescription(RTCSessionDescription(sdp=message["sdp"], type="offer"))
         if name == "publish":
             for transceiver in pc.getTransceivers():
@@ -80,7 +80,7 @@ def room_and_clients():
     async def send(channel: str, message: dict[str, Any]) -> None:
         await clients[channel].deliver(message)
 
-    room = Room(session_id=1, rtc_config=RTCConfiguration(iceServers=[]), send=send)
+    room = Room(session_id=1, rtc_config=rtc_configuration(), send=send)
     return room, clients
 
 
@@ -113,8 +113,9 @@ async def test_two_publishers_receive_each_other_and_a_leave_frees_everything(ro
     await wait_for(lambda: not a.tracks or all(info["user_id"] != 2 for info in a.tracks.values()))
     peer_a = room.peers["a"]
     assert not any(key[0] == "b" for key in peer_a.outbound)
-    # Freed transceivers stay for re-use and carry nothing.
-    assert all(t.sender.track is None for t in peer_a.sub.getTransceivers())
+    # Freed transceivers stay for re-use and carry nobody.
+    assert all(switch.source is None for switch in peer_a.switches.values())
+    assert all(t.direction == "inactive" for t in peer_a.sub.getTransceivers())
     await a.close()
     await b.close()
     async with room.lock:
@@ -164,5 +165,46 @@ async def test_bad_answers_and_unknown_peers_are_refused(room_and_clients):
     with pytest.raises(NegotiationError):
         await room.candidate("a", "publish", "candidate:garbage", "0", 0)
     await a.close()
+    async with room.lock:
+        await room.close(reason="test_over")
+
+
+async def frames_from(client: Client, user_id: int, kind: str = "video", count: int = 3) -> int:
+    await wait_for(lambda: client.receiver_track(user_id, kind) is not None)
+    track = client.receiver_track(user_id, kind)
+    for _ in range(count):
+        await asyncio.wait_for(track.recv(), timeout=20)
+    return count
+
+
+async def test_three_publishers_each_receive_both_others(room_and_clients):
+    room, clients = room_and_clients
+    members = [await join(room, clients, f"p{i}", i) for i in (1, 2, 3)]
+    for me, client in zip((1, 2, 3), members):
+        for other in {1, 2, 3} - {me}:
+            assert await frames_from(client, other) == 3, f"user {me} gets no video from user {other}"
+    for client in members:
+        await client.close()
+    async with room.lock:
+        await room.close(reason="test_over")
+
+
+async def test_a_rejoining_publisher_is_received_again_on_the_reused_transceiver(room_and_clients):
+    room, clients = room_and_clients
+    a = await join(room, clients, "a", 1)
+    b = await join(room, clients, "b", 2)
+    await frames_from(a, 2)
+    async with room.lock:
+        await room.leave("b", reason="left")
+    await clients["b"].close()
+    transceivers_before = len(room.peers["a"].sub.getTransceivers())
+    b2 = await join(room, clients, "b2", 2)
+    await wait_for(lambda: any(info["user_id"] == 2 for info in a.tracks.values()))
+    assert await frames_from(a, 2, count=5) == 5
+    assert await frames_from(a, 2, kind="audio", count=5) == 5
+    # The freed transceivers were re-used rather than new m-lines added.
+    assert len(room.peers["a"].sub.getTransceivers()) == transceivers_before
+    await a.close()
+    await b2.close()
     async with room.lock:
         await room.close(reason="test_over")

@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 import aioice.ice
-from aiortc import RTCConfiguration, RTCIceServer
+from aiortc import RTCBundlePolicy, RTCConfiguration, RTCIceServer
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -32,7 +32,9 @@ def rtc_configuration() -> RTCConfiguration:
         for s in settings.CLASSCAST_ICE_SERVERS
     ]
     # An explicit (possibly empty) list: aiortc would otherwise reach for a public STUN server.
-    return RTCConfiguration(iceServers=servers)
+    # max-bundle: with aiortc's default (balanced) a second video transceiver is left on a transport
+    # that is stopped when the answer bundles everything onto the first, and never sends.
+    return RTCConfiguration(iceServers=servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
 
 
 def ice_host_addresses_pin(addresses: list[str]) -> None:

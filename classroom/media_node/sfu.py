@@ -7,7 +7,8 @@ offers, so there is never glare:
   Negotiated once and never again: aiortc 1.16's receivers stop decoding video after a renegotiation
   of their connection (measured: the decoder gets no frames once the answer to a re-offer applies).
 * `subscribe`: one `sendonly` transceiver per track of every other publisher. Stage changes re-offer
-  it (free transceivers are re-used); a re-offer asked for mid-negotiation follows the answer.
+  it; a transceiver freed by a leaving publisher is re-used through its `SwitchableTrack`, and a
+  re-offer asked for mid-negotiation follows the answer.
 
 Media goes through aiortc's MediaRelay (decode once per publisher, encode per subscriber) until
 forwarding without re-encoding replaces it.
@@ -32,6 +33,7 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 
 from .. import metrics
+from .tracks import NodeClockTrack, SwitchableTrack
 
 log = logging.getLogger("classcast.sfu")
 
@@ -78,6 +80,8 @@ class Peer:
     published: dict[str, MediaStreamTrack] = field(default_factory=dict)
     publish_transceivers: dict[str, RTCRtpTransceiver] = field(default_factory=dict)
     outbound: dict[tuple[str, str], RTCRtpTransceiver] = field(default_factory=dict)
+    # Our own handle on each subscribe sender's source: aiortc drops sender.track when it stops.
+    switches: dict[RTCRtpTransceiver, SwitchableTrack] = field(default_factory=dict)
     negotiating: bool = False
     pending: bool = False
     connected: bool = False
@@ -185,9 +189,8 @@ class Room:
         for other in self.peers.values():
             if self._detach(other, peer_id):
                 self._schedule(self._negotiate_locked(other))
-        for transceiver in peer.outbound.values():
-            if transceiver.sender.track is not None:
-                transceiver.sender.track.stop()
+        for switch in peer.switches.values():
+            switch.stop()  # and with it the relay proxy it carries
         for task in peer.tasks:
             task.cancel()
         if not peer.connected:
@@ -211,6 +214,8 @@ class Room:
 
     def _on_track(self, peer: Peer, track: MediaStreamTrack) -> None:
         kind = track.kind
+        if kind == "video":
+            track = NodeClockTrack(track)
         peer.published[kind] = track
         peer.tasks.append(asyncio.ensure_future(self._drain(peer, track)))
         for other in self.peers.values():
@@ -223,14 +228,13 @@ class Room:
             return False
         if sub.sub is None:
             sub.sub = self._new_pc(sub, SUBSCRIBE)
-        relayed = self.relay.subscribe(track, buffered=False)
-        free = next(
-            (t for t in sub.sub.getTransceivers() if t.kind == kind and t.sender.track is None and not t.stopped),
-            None,
-        )
+        used = set(sub.outbound.values())
+        free = next((t for t in sub.switches if t.kind == kind and t not in used and not t.stopped), None)
         if free is None:
-            free = sub.sub.addTransceiver(kind, direction="sendonly")
-        free.sender.replaceTrack(relayed)
+            switch = SwitchableTrack(kind)
+            free = sub.sub.addTransceiver(switch, direction="sendonly")
+            sub.switches[free] = switch
+        sub.switches[free].switch(self.relay.subscribe(track, buffered=False))
         free.direction = "sendonly"
         sub.outbound[key] = free
         return True
@@ -241,9 +245,8 @@ class Room:
             transceiver = sub.outbound.pop((pub_peer_id, kind), None)
             if transceiver is None:
                 continue
-            relayed = transceiver.sender.track
-            transceiver.sender.replaceTrack(None)
-            transceiver.direction = "inactive"  # kept for re-use by the next publisher
+            relayed = sub.switches[transceiver].switch(None)
+            transceiver.direction = "inactive"  # kept, with its sender loop alive, for the next publisher
             if relayed is not None:
                 relayed.stop()
             changed = True
@@ -331,7 +334,7 @@ class Room:
                 if stat.type == "transport":
                     bytes_in += stat.bytesReceived
                     bytes_out += stat.bytesSent
-                elif stat.type == "remote-inbound-rtp":
+                elif stat.type == "remote-inbound-rtp" and stat.roundTripTime is not None:
                     metrics.RTT_SECONDS.labels(source="server").observe(stat.roundTripTime)
                 elif stat.type == "inbound-rtp":
                     clock = 48_000 if stat.kind == "audio" else 90_000

@@ -1,7 +1,6 @@
 """Chat alongside the stage."""
 from __future__ import annotations
 
-from django.conf import settings
 from django.db import transaction
 
 from ..errors import InvalidState, NotAllowed
@@ -9,6 +8,7 @@ from ..models import ChatMessage, SessionEvent
 from ..notify import class_broadcast_on_commit
 from ..permissions import Actor, can_chat
 from ..selectors import chat_message_json
+from ..signaling.messages import MAX_CHAT_CHARS
 from .sessions import session_require_live
 
 
@@ -19,8 +19,8 @@ def chat_post(*, classroom_id: int, actor: Actor, text: str) -> ChatMessage:
     text = text.strip()
     if not text:
         raise InvalidState("an empty message is not sent")
-    if len(text) > settings.CLASSCAST_CHAT_MAX_CHARS:
-        raise InvalidState(f"a message holds at most {settings.CLASSCAST_CHAT_MAX_CHARS} characters")
+    if len(text) > MAX_CHAT_CHARS:
+        raise InvalidState(f"a message holds at most {MAX_CHAT_CHARS} characters")
     session = session_require_live(classroom_id=classroom_id)
     message = ChatMessage.objects.create(session=session, author_id=actor.user_id, text=text)
     message.refresh_from_db()

@@ -1,7 +1,7 @@
 """Raising and lowering hands."""
 from __future__ import annotations
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from ..errors import InvalidState, NotAllowed
@@ -20,7 +20,10 @@ def hand_raise(*, classroom_id: int, actor: Actor) -> HandRaise:
         raise InvalidState("you are already on stage")
     if HandRaise.objects.filter(session=session, user_id=actor.user_id, lowered_at__isnull=True).exists():
         raise InvalidState("your hand is already raised")
-    hand = HandRaise.objects.create(session=session, user_id=actor.user_id, raised_at=timezone.now())
+    try:
+        hand = HandRaise.objects.create(session=session, user_id=actor.user_id, raised_at=timezone.now())
+    except IntegrityError:  # raised from another tab at the same moment
+        raise InvalidState("your hand is already raised") from None
     event_record(session=session, kind=EventKind.HAND_RAISED, actor_id=actor.user_id, subject_id=actor.user_id)
     return hand
 

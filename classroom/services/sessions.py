@@ -1,7 +1,7 @@
 """Starting and ending live sessions."""
 from __future__ import annotations
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from ..errors import InvalidState, NotAllowed
@@ -35,7 +35,10 @@ def session_start(*, classroom_id: int, actor: Actor) -> LiveSession:
     session.status = SessionStatus.LIVE
     session.started_at = now
     session.started_by_id = actor.user_id
-    session.save()
+    try:
+        session.save()
+    except IntegrityError:  # another process started it between our check and this write
+        raise InvalidState("the class is already live") from None
     if actor.role == INSTRUCTOR:
         # The instructor is on stage from the first second.
         StageMembership.objects.create(

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from ..errors import InvalidState, NotAllowed, NotFound
@@ -11,6 +11,9 @@ from ..permissions import Actor, can_act_for, can_manage_session
 from .events import event_record
 from .media import media_user_kick
 from .sessions import session_require_live
+
+
+MEDIA_KINDS = ("audio", "video")
 
 
 def _active(session: LiveSession, user_id: int) -> StageMembership | None:
@@ -33,9 +36,12 @@ def stage_invite(*, classroom_id: int, actor: Actor, user_id: int) -> StageMembe
     taken = StageMembership.objects.filter(session=session, state__in=[StageState.INVITED, StageState.ON_STAGE]).count()
     if taken >= settings.CLASSCAST_STAGE_LIMIT:
         raise InvalidState(f"the stage is full ({settings.CLASSCAST_STAGE_LIMIT} places)")
-    member = StageMembership.objects.create(
-        session=session, user_id=user_id, state=StageState.INVITED, invited_at=timezone.now()
-    )
+    try:
+        member = StageMembership.objects.create(
+            session=session, user_id=user_id, state=StageState.INVITED, invited_at=timezone.now()
+        )
+    except IntegrityError:  # invited from another tab at the same moment
+        raise InvalidState("that person is already invited or on stage") from None
     event_record(session=session, kind=EventKind.INVITED, actor_id=actor.user_id, subject_id=user_id)
     return member
 
@@ -97,6 +103,8 @@ def stage_remove(*, classroom_id: int, actor: Actor, user_id: int) -> None:
 
 @transaction.atomic
 def stage_mute(*, classroom_id: int, actor: Actor, kind: str, muted: bool, user_id: int | None = None) -> None:
+    if kind not in MEDIA_KINDS:
+        raise InvalidState('kind must be "audio" or "video"')
     target = user_id or actor.user_id
     if not can_act_for(actor, target):
         raise NotAllowed("you can only mute yourself")

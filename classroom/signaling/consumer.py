@@ -76,10 +76,13 @@ class ClassConsumer(AsyncWebsocketConsumer):
             rate_per_s=settings.CLASSCAST_WS_RATE_PER_S, burst=settings.CLASSCAST_WS_RATE_PER_S * 2
         )
         self.browser_join_reported = False
-        if not await database_sync_to_async(Classroom.objects.filter(pk=self.classroom_id).exists)():
-            return await self._refuse(CLOSE_NOT_FOUND, "no_class")
         token = query.get("token", [""])[0]
         user = self.scope.get("user")
+        if not token and (user is None or not user.is_authenticated):
+            # Before the class lookup, so anonymous sockets cannot probe which class ids exist.
+            return await self._refuse(CLOSE_UNAUTHENTICATED, "unauthenticated")
+        if not await database_sync_to_async(Classroom.objects.filter(pk=self.classroom_id).exists)():
+            return await self._refuse(CLOSE_NOT_FOUND, "no_class")
         if token:
             try:
                 self.service = service_token_verify(token=token, classroom_id=self.classroom_id)
@@ -87,8 +90,6 @@ class ClassConsumer(AsyncWebsocketConsumer):
                 log.warning("service token refused: %s", exc, extra={"class_id": self.classroom_id})
                 return await self._refuse(CLOSE_UNAUTHENTICATED, "bad_token")
             self.page = "service"
-        elif user is None or not user.is_authenticated:
-            return await self._refuse(CLOSE_UNAUTHENTICATED, "unauthenticated")
         else:
             self.actor = await database_sync_to_async(actor_get)(user=user, classroom_id=self.classroom_id)
             if not can_view_class(self.actor):
@@ -159,6 +160,13 @@ class ClassConsumer(AsyncWebsocketConsumer):
         if self.service is not None and message.type not in SERVICE_ALLOWED:
             return await self._error("forbidden", "a service participant only subscribes to media", message.ref)
         try:
+            if self.actor is not None and message.type in ACTIONS:
+                # Re-read the role: someone removed from the class loses its rights at once.
+                self.actor = await database_sync_to_async(actor_get)(
+                    user=self.scope["user"], classroom_id=self.classroom_id
+                )
+                if not can_view_class(self.actor):
+                    raise NotAllowed("you are no longer a member of this class")
             await self._handle(message)
         except NotAllowed as exc:
             metrics.ACTIONS_DENIED.labels(action=message.type).inc()
@@ -170,6 +178,10 @@ class ClassConsumer(AsyncWebsocketConsumer):
             await self._error(exc.code, exc.message, message.ref)
         except ClassroomError as exc:
             await self._error(exc.code, exc.message, message.ref)
+        except Exception:
+            # Our fault, not the sender's: say so, keep the socket (and its presence) alive.
+            log.exception("signaling message failed: %s", message.type, extra={"class_id": self.classroom_id})
+            await self._error("internal", "something went wrong on our side; try again", message.ref)
 
     async def _handle(self, message: Message) -> None:
         action = ACTIONS.get(message.type)

@@ -202,6 +202,8 @@ def message_parse(raw: str | bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Me
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MessageError("malformed", f"not valid JSON ({exc.__class__.__name__})") from None
+    except RecursionError:
+        raise MessageError("malformed", "JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise MessageError("malformed", "a message must be a JSON object")
     ref = data.get("id")
