@@ -62,14 +62,27 @@ def server_env(**extra: str) -> dict[str, str]:
 
 
 class LiveServer:
-    def __init__(self, *, port: int, procs: list[subprocess.Popen], log_dir: Path) -> None:
+    def __init__(self, *, port: int, procs: list[subprocess.Popen], log_dir: Path, web_cmd: list[str], env: dict) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.procs = procs
         self.log_dir = log_dir
+        self.web_cmd = web_cmd
+        self.env = env
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace")[-4000:] for p in sorted(self.log_dir.glob("*.log")))
+
+    def stop_web(self) -> None:
+        web = self.procs.pop()
+        stop_processes([web])
+
+    def start_web(self) -> None:
+        """(Re)start the web process on the same port, as a deploy or a crash-restart would."""
+        log = open(self.log_dir / "web.log", "a")
+        web = subprocess.Popen(self.web_cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(web)
+        wait_for_port(self.port, proc=web)
 
 
 def start_live_server(tmp: Path, **env_extra: str) -> LiveServer:
@@ -85,14 +98,10 @@ def start_live_server(tmp: Path, **env_extra: str) -> LiveServer:
                 cwd=ROOT, env=env, stdout=node_log, stderr=subprocess.STDOUT,
             )
         )
-    web_log = open(tmp / "web.log", "w")
-    web = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
-        cwd=ROOT, env=env, stdout=web_log, stderr=subprocess.STDOUT,
-    )
-    procs.append(web)
-    wait_for_port(port, proc=web)
-    return LiveServer(port=port, procs=procs, log_dir=tmp)
+    web_cmd = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"]
+    server = LiveServer(port=port, procs=procs, log_dir=tmp, web_cmd=web_cmd, env=env)
+    server.start_web()
+    return server
 
 
 def stop_processes(procs: list[subprocess.Popen]) -> None:
@@ -158,9 +167,12 @@ def browser() -> Iterator[Any]:
             chromium.close()
 
 
-def login_page(browser: Any, server: LiveServer, username: str, password: str) -> Any:
+def login_page(
+    browser: Any, server: LiveServer, username: str, password: str, *, permissions: list[str] | None = None
+) -> Any:
     """A new browser context logged in as `username` through the real login form."""
-    context = browser.new_context(base_url=server.url, permissions=["camera", "microphone"])
+    granted = ["camera", "microphone"] if permissions is None else permissions
+    context = browser.new_context(base_url=server.url, permissions=granted)
     page = context.new_page()
     page.goto("/accounts/login/")
     page.fill("input[name=username]", username)

@@ -306,17 +306,22 @@ async function joinCall() {
     },
     onStats(quality) { app.quality = quality; renderQuality(); },
   });
-  const local = await app.call.startLocal();
-  if (!local.ok) {
-    app.localError = String(local.error && local.error.name);
-    const denied = local.error && (local.error.name === "NotAllowedError" || local.error.name === "SecurityError");
-    banner(denied
-      ? "Camera and microphone access was denied. Allow it in the browser's site settings to be seen and heard; you can still see and hear the stage."
-      : `No camera or microphone could be opened (${local.error && local.error.name}). You can still see and hear the stage.`, "error", true);
-  }
+  // Ask for the call at once and open the camera meanwhile: the media node builds our connections
+  // while getUserMedia runs; the publish answer waits for the camera (rtc.js `localReady`).
   app.inCall = true;
   app.joining = false;
+  const local = app.call.startLocal();
   send("rtc.join");
+  renderStage();
+  const result = await local;
+  if (!result.ok) {
+    const error = result.error;
+    app.localError = String(error && error.name);
+    const denied = error && (error.name === "NotAllowedError" || error.name === "SecurityError");
+    banner(denied
+      ? "Camera and microphone access was denied. Allow it in the browser's site settings to be seen and heard; you can still see and hear the stage."
+      : `No camera or microphone could be opened (${error && error.name}). You can still see and hear the stage.`, "error", true);
+  }
   renderStage();
 }
 

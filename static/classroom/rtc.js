@@ -17,22 +17,30 @@ export class StageCall {
     this.sub = null;
     this.iceServers = [];
     this.local = null;
+    this.localReady = Promise.resolve({ ok: false });
+    this.generation = 0;
     this.tracks = {};
     this.prev = new Map();
     this.statsTimer = null;
   }
 
-  async startLocal() {
-    try {
-      this.local = await navigator.mediaDevices.getUserMedia({
-        audio: true,
-        video: { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 30 } },
-      });
-      return { ok: true, stream: this.local };
-    } catch (err) {
+  startLocal() {
+    const generation = ++this.generation;
+    this.localReady = navigator.mediaDevices.getUserMedia({
+      audio: true,
+      video: { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 30 } },
+    }).then((stream) => {
+      if (generation !== this.generation) { // the call ended while the camera opened
+        for (const t of stream.getTracks()) t.stop();
+        return { ok: false, error: new DOMException("call ended", "AbortError") };
+      }
+      this.local = stream;
+      return { ok: true, stream };
+    }, (error) => {
       this.local = null;
-      return { ok: false, error: err };
-    }
+      return { ok: false, error };
+    });
+    return this.localReady;
   }
 
   configure(iceServers) {
@@ -60,9 +68,10 @@ export class StageCall {
   async handleOffer({ pc: name, sdp, tracks }) {
     if (!sdp) return; // joined, nothing to receive yet
     if (name === "publish") {
-      this.pub = this.pub || this.newPc("publish");
-      await this.pub.setRemoteDescription({ type: "offer", sdp });
-      for (const t of this.pub.getTransceivers()) {
+      const pub = this.pub = this.pub || this.newPc("publish");
+      await Promise.all([pub.setRemoteDescription({ type: "offer", sdp }), this.localReady]);
+      if (this.pub !== pub) return; // the call ended meanwhile
+      for (const t of pub.getTransceivers()) {
         const track = this.local && this.local.getTracks().find((x) => x.kind === t.receiver.track.kind);
         if (track) {
           await t.sender.replaceTrack(track);
@@ -71,8 +80,8 @@ export class StageCall {
           t.direction = "inactive";
         }
       }
-      await this.pub.setLocalDescription(await this.pub.createAnswer());
-      this.send("rtc.answer", { pc: "publish", sdp: this.pub.localDescription.sdp });
+      await pub.setLocalDescription(await pub.createAnswer());
+      this.send("rtc.answer", { pc: "publish", sdp: pub.localDescription.sdp });
       return;
     }
     this.sub = this.sub || this.newPc("subscribe");
@@ -173,6 +182,7 @@ export class StageCall {
   }
 
   stop() {
+    this.generation += 1;
     this.closePc();
     if (this.local) for (const t of this.local.getTracks()) t.stop();
     this.local = null;
