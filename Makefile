@@ -32,13 +32,14 @@ system-deps:
 	  echo "installing chromium and coturn (apt)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium coturn >/dev/null; }
 
-# The whole suite twice: scaled out (PostgreSQL + Redis channel layer + external media node) and on
-# the embedded default (SQLite, in-memory channel layer, media node in the web process).
+# The whole suite twice: scaled out (PostgreSQL, Redis channel layer and broker, a separate media node
+# process) and on the embedded default (SQLite, in-memory layer, filesystem broker, node in the web process).
 test: $(STAMP) system-deps test-scaled test-embedded
 
 test-scaled: $(STAMP)
 	DATABASE_URL=$${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test} \
 	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/0} \
+	CELERY_BROKER_URL=$${TEST_CELERY_BROKER_URL:-redis://127.0.0.1:6379/1} \
 	CLASSCAST_VAR_DIR=$(CURDIR)/var/test-scaled \
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 

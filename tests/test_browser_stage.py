@@ -100,6 +100,18 @@ def test_stage_flow_two_browsers_and_a_watcher(live_server_proc, live_demo, brow
     audio = wait_until(lambda: (s := ben.evaluate(INBOUND)) and s["audioEnergy"] > 0 and s, what="audio energy")
     assert audio["audioEnergy"] > 0
 
+    # Each remote tile shows a network-quality indicator from getStats(), and the browsers'
+    # reports reach /metrics (join time and RTT from the browser side).
+    for page in (ada, ben):
+        page.wait_for_selector("#stage-grid .tile:not(.me) .quality.good, #stage-grid .tile:not(.me) .quality.fair, #stage-grid .tile:not(.me) .quality.poor")
+    metrics = wait_until(
+        lambda: (text := ada.evaluate("fetch('/metrics').then((r) => r.text())"))
+        and 'classcast_rtt_seconds_count{source="browser"}' in text and text,
+        what="browser reports in /metrics",
+    )
+    assert 'classcast_join_seconds_count{source="browser"} 2.0' in metrics
+    assert "classcast_live_sessions 1.0" in metrics
+
     # The watcher saw every stage event but holds no peer connection.
     cleo.wait_for_function("document.querySelectorAll('#stage-grid .tile').length === 2")
     assert cleo.evaluate("window.__pcCount") == 0
