@@ -180,3 +180,13 @@ def login_page(
     page.click("button[type=submit]")
     page.wait_for_url(lambda url: "/accounts/login/" not in url)
     return page
+
+
+def bring_on_stage(instructor: Any, student: Any) -> None:
+    """The stage's front door, as people use it: raise a hand, get invited, accept."""
+    student.wait_for_selector("#raise-hand:not([hidden])")
+    student.click("#raise-hand")
+    instructor.wait_for_selector("#hands li [data-action=invite]")
+    instructor.click("#hands li [data-action=invite]")
+    student.wait_for_selector("#invitation:not([hidden])")
+    student.click("#accept-invite")

@@ -3,19 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import CHROMIUM, CHROMIUM_ARGS, login_page
+from .conftest import CHROMIUM, CHROMIUM_ARGS, bring_on_stage, login_page
 from .test_browser_stage import decoded_fps
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-def bring_on_stage(ada, student) -> None:
-    student.wait_for_selector("#raise-hand:not([hidden])")
-    student.click("#raise-hand")
-    ada.wait_for_selector("#hands li [data-action=invite]")
-    ada.click("#hands li [data-action=invite]")
-    student.wait_for_selector("#invitation:not([hidden])")
-    student.click("#accept-invite")
 
 
 def test_denied_camera_is_explained_and_the_stage_still_plays(live_server_proc, live_demo, browser):

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from .conftest import LiveServer, free_port, login_page, start_live_server, stop_processes, wait_for_port
+from .conftest import LiveServer, bring_on_stage, free_port, login_page, start_live_server, stop_processes, wait_for_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -223,12 +223,7 @@ def test_stage_media_flows_through_turn_relay(turn_live_server, turn_demo, cotur
     ada.click("#start-session")
     ada.wait_for_selector("#session-status.live")
     ada.wait_for_selector("#stage-grid .tile.me")
-    ben.wait_for_selector("#raise-hand:not([hidden])")
-    ben.click("#raise-hand")
-    ada.wait_for_selector("#hands li [data-action=invite]")
-    ada.click("#hands li [data-action=invite]")
-    ben.wait_for_selector("#invitation:not([hidden])")
-    ben.click("#accept-invite")
+    bring_on_stage(ada, ben)
 
     for page in (ada, ben):
         assert page.evaluate("window.classcast.call.icePolicy") == "relay"
@@ -339,12 +334,7 @@ def test_unreachable_turn_server_falls_back_to_host_candidates(unreachable_turn_
     ben.goto(demo["urls"]["student"])
     ada.click("#start-session")
     ada.wait_for_selector("#stage-grid .tile.me")
-    ben.wait_for_selector("#raise-hand:not([hidden])")
-    ben.click("#raise-hand")
-    ada.wait_for_selector("#hands li [data-action=invite]")
-    ada.click("#hands li [data-action=invite]")
-    ben.wait_for_selector("#invitation:not([hidden])")
-    ben.click("#accept-invite")
+    bring_on_stage(ada, ben)
 
     # aioice gives up on the TURN server after its gathering timeout and offers host candidates.
     for page in (ada, ben):
