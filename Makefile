@@ -10,11 +10,16 @@ export DJANGO_SETTINGS_MODULE := config.settings
 
 .PHONY: run setup test test-embedded test-scaled system-deps bench clean
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt node_modules/.installed
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $(STAMP)
+
+# hls.js for the viewer page, from the npm registry (pinned in package.json / package-lock.json).
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch node_modules/.installed
 
 setup: $(STAMP)
 	$(PY) manage.py migrate --noinput
@@ -24,7 +29,7 @@ run: setup
 	@echo
 	@echo "classcast is starting on http://$(HOST):$(PORT)/  (log in with a demo login above)"
 	@echo
-	HOST=$(HOST) PORT=$(PORT) $(BIN)/honcho start -f Procfile
+	HOST=$(HOST) PORT=$(PORT) CLASSCAST_SIGNALING_URL=ws://$(HOST):$(PORT) $(BIN)/honcho start -f Procfile
 
 # Chromium and coturn are Debian packages the browser and TURN tests drive; pip cannot install them.
 system-deps:

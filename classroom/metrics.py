@@ -37,6 +37,13 @@ INBOUND_FPS = Histogram(
 SIGNALING_MESSAGES = Counter("classcast_signaling_messages_total", "Signaling messages by type", ["type"])
 SIGNALING_ERRORS = Counter("classcast_signaling_errors_total", "Refused signaling messages by code", ["code"])
 SOCKETS_REFUSED = Counter("classcast_sockets_refused_total", "WebSockets refused at connect, by reason", ["reason"])
+INGEST_PUBLISHERS = Gauge("classcast_ingest_publishers", "RTMP publishers connected to this packager")
+INGEST_REFUSED = Counter("classcast_ingest_refused_total", "RTMP publishers refused, by reason", ["reason"])
+INGEST_SEGMENTS = Counter("classcast_hls_segments_total", "HLS segments written")
+INGEST_SEGMENT_SECONDS = Histogram(
+    "classcast_hls_segment_seconds", "HLS segment durations", buckets=(0.5, 1, 1.5, 1.8, 2, 2.2, 2.5, 3, 4, 6)
+)
+HLS_REQUESTS = Counter("classcast_hls_requests_total", "HLS files served by the app, by kind and result", ["kind", "result"])
 ACTIONS_DENIED = Counter("classcast_actions_denied_total", "Actions refused for lack of permission", ["action"])
 
 
@@ -56,6 +63,18 @@ class DatabaseCollector:
         for page in ("console", "class", "watch", "service"):
             sockets.add_metric([page], Presence.objects.filter(page=page).count())
         yield sockets
+        from .services.viewers import viewers_by_class
+
+        viewers = GaugeMetricFamily("classcast_hls_viewers", "HLS viewers seen in the last window, by class", labels=["class_id"])
+        for classroom_id, count in viewers_by_class().items():
+            viewers.add_metric([str(classroom_id)], count)
+        yield viewers
+        broadcasts = GaugeMetricFamily("classcast_broadcasts", "Broadcast jobs by status", labels=["status"])
+        from .models import ACTIVE_BROADCAST_STATES, Broadcast
+
+        for status in ACTIVE_BROADCAST_STATES:
+            broadcasts.add_metric([status], Broadcast.objects.filter(status=status).count())
+        yield broadcasts
 
 
 _registered = False

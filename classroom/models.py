@@ -1,6 +1,8 @@
 """The classroom domain: classes, members, live sessions, the stage, hands, chat and the event log."""
 from __future__ import annotations
 
+import secrets
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -11,10 +13,17 @@ class Role(models.TextChoices):
     STUDENT = "student", "Student"
 
 
+def stream_key_new() -> str:
+    return secrets.token_urlsafe(24)
+
+
 class Classroom(models.Model):
     title = models.CharField(max_length=200)
     description = models.TextField(blank=True)
     is_public = models.BooleanField(default=False, help_text="Anyone may watch the broadcast.")
+    stream_key = models.CharField(
+        max_length=64, unique=True, default=stream_key_new, help_text="RTMP ingest key (OBS, ffmpeg, the compositor)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -138,6 +147,11 @@ class EventKind(models.TextChoices):
     MUTED = "stage.muted"
     CHAT = "chat.message"
     DENIED = "action.denied"
+    BROADCAST_STARTED = "broadcast.started"
+    BROADCAST_LIVE = "broadcast.live"
+    BROADCAST_STOPPED = "broadcast.stopped"
+    BROADCAST_FAILED = "broadcast.failed"
+    LAYOUT = "broadcast.layout"
 
 
 class SessionEvent(models.Model):
@@ -178,3 +192,75 @@ class MediaNode(models.Model):
     peers = models.PositiveIntegerField(default=0)
     started_at = models.DateTimeField(auto_now_add=True)
     heartbeat_at = models.DateTimeField()
+
+
+class Layout(models.TextChoices):
+    GRID = "grid", "Grid"
+    SPEAKER = "speaker", "Speaker"
+    SINGLE = "single", "Single"
+
+
+class BroadcastStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    STARTING = "starting", "Starting"
+    LIVE = "live", "Live"
+    RESTARTING = "restarting", "Restarting"
+    STOPPED = "stopped", "Stopped"
+    FAILED = "failed", "Failed"
+    REFUSED = "refused", "Refused"
+
+
+ACTIVE_BROADCAST_STATES = (
+    BroadcastStatus.QUEUED,
+    BroadcastStatus.STARTING,
+    BroadcastStatus.LIVE,
+    BroadcastStatus.RESTARTING,
+)
+
+
+class Broadcast(models.Model):
+    """One composed program of a live session: the compositor job's desired and reported state."""
+
+    session = models.ForeignKey(LiveSession, on_delete=models.CASCADE, related_name="broadcasts")
+    status = models.CharField(max_length=16, choices=BroadcastStatus.choices, default=BroadcastStatus.QUEUED)
+    layout = models.CharField(max_length=16, choices=Layout.choices, default=Layout.GRID)
+    focus_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    stop_requested = models.BooleanField(default=False)
+    worker = models.CharField(max_length=200, blank=True, help_text="host:pid of the compositor job")
+    attempts = models.PositiveIntegerField(default=0)
+    cost_units = models.FloatField(default=1.0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    stats = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    error_is_user = models.BooleanField(default=False, help_text="The cause is the user's (e.g. a bad RTMP URL).")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["session"],
+                condition=Q(status__in=["queued", "starting", "live", "restarting"]),
+                name="one_active_broadcast_per_session",
+            )
+        ]
+
+
+class Destination(models.Model):
+    """An extra RTMP destination of a class's broadcast (YouTube, another RTMP server)."""
+
+    classroom = models.ForeignKey(Classroom, on_delete=models.CASCADE, related_name="destinations")
+    name = models.CharField(max_length=80)
+    url = models.CharField(max_length=500)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]

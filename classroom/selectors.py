@@ -8,6 +8,7 @@ from django.db.models import QuerySet
 
 from .models import (
     ACTIVE_STAGE_STATES,
+    Broadcast,
     ChatMessage,
     Classroom,
     HandRaise,
@@ -91,7 +92,7 @@ def class_state(*, classroom_id: int) -> dict[str, Any]:
     """The snapshot every client renders from: session, stage, raised hands, participants."""
     roles = _roles(classroom_id)
     session = session_live_get(classroom_id=classroom_id)
-    state: dict[str, Any] = {"session": None, "stage": [], "hands": [], "participants": []}
+    state: dict[str, Any] = {"session": None, "stage": [], "hands": [], "participants": [], "broadcast": None}
     state["participants"] = participants_list(classroom_id=classroom_id)
     if session is None:
         return state
@@ -112,6 +113,18 @@ def class_state(*, classroom_id: int) -> dict[str, Any]:
     ]
     hands = HandRaise.objects.filter(session=session, lowered_at__isnull=True).select_related("user")
     state["hands"] = [{**_person(h.user, roles), "raised_at": h.raised_at.isoformat()} for h in hands]
+    broadcast = Broadcast.objects.filter(session=session).order_by("-created_at", "-id").first()
+    state["broadcast"] = (
+        {
+            "id": broadcast.pk,
+            "status": broadcast.status,
+            "layout": broadcast.layout,
+            "focus_user_id": broadcast.focus_user_id,
+            "error": broadcast.error,
+        }
+        if broadcast is not None
+        else None
+    )
     return state
 
 

@@ -8,15 +8,20 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, render
+from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .hls_views import hls_token_issue
 from .metrics import database_collector_register
-from .models import ACTIVE_STAGE_STATES, Classroom, StageMembership
+from .models import ACTIVE_STAGE_STATES, Broadcast, Classroom, StageMembership
 from .permissions import Actor, can_manage_session, can_view_class
 from .selectors import actor_get, classrooms_for_user, session_live_get
+from .services.broadcast import broadcast_active, studio_info
 from .services.ice import ice_servers_for
+from .services.ingest import hls_folder_path
+from .services.viewers import viewers_count
 
 
 def _class_for(request: HttpRequest, classroom_id: int) -> tuple[Classroom, Actor]:
@@ -85,6 +90,46 @@ def ice_servers(request: HttpRequest, classroom_id: int) -> JsonResponse:
     return JsonResponse(
         {"iceServers": ice_servers_for(user=f"user-{request.user.pk}"), "ttl": settings.CLASSCAST_TURN_TTL_S}
     )
+
+
+def playlist_url(*, classroom: Classroom, with_token: bool) -> str:
+    url = reverse("classroom:hls", args=[classroom.pk, "live.m3u8"])
+    # Private classes: a signed, expiring token in the URL works for any player or CDN.
+    return f"{url}?token={hls_token_issue(classroom_id=classroom.pk)}" if with_token else url
+
+
+def hls_state(*, classroom: Classroom) -> dict:
+    """Is there a broadcast to watch, from the compositor or from OBS? The playlist on disk says."""
+    folder = hls_folder_path(classroom_id=classroom.pk)
+    if folder is None:
+        return {"live": False, "ended": False}
+    ended = (folder / "vod.m3u8").exists() or "#EXT-X-ENDLIST" in (folder / "live.m3u8").read_text()
+    return {"live": not ended, "ended": ended}
+
+
+@require_GET
+@never_cache
+def broadcast_status(request: HttpRequest, classroom_id: int) -> JsonResponse:
+    """The broadcast as a viewer sees it; health, stream key and destinations for the instructor."""
+    classroom = get_object_or_404(Classroom, pk=classroom_id)
+    actor = actor_get(user=request.user, classroom_id=classroom.pk) if request.user.is_authenticated else None
+    if not (classroom.is_public or (actor is not None and can_view_class(actor))):
+        return JsonResponse({"error": "this class's broadcast is for its members"}, status=403)
+    session = session_live_get(classroom_id=classroom.pk)
+    broadcast = broadcast_active(session_id=session.pk) if session else None
+    body = {
+        "hls": {**hls_state(classroom=classroom), "playlist_url": playlist_url(classroom=classroom, with_token=not classroom.is_public)},
+        "broadcast": None if broadcast is None else {"status": broadcast.status, "layout": broadcast.layout},
+        "viewers": viewers_count(classroom_id=classroom.pk),
+    }
+    if actor is not None and can_manage_session(actor):
+        last = broadcast or (Broadcast.objects.filter(session=session).first() if session else None)
+        body["health"] = None if last is None else {
+            "status": last.status, "stats": last.stats, "error": last.error, "error_is_user": last.error_is_user,
+            "attempts": last.attempts, "heartbeat_at": last.heartbeat_at,
+        }
+        body["studio"] = studio_info(classroom_id=classroom.pk)
+    return JsonResponse(body)
 
 
 @require_GET

@@ -101,7 +101,8 @@ USE_TZ = True
 STATIC_URL = "/static/"
 STATIC_ROOT = VAR_DIR / "staticfiles"
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns on every request without it
-STATICFILES_DIRS = [BASE_DIR / "static"]
+# hls.js comes from npm at set-up (`make`), served as /static/vendor/hls/hls.min.js: no CDN at run time.
+STATICFILES_DIRS = [BASE_DIR / "static", ("vendor/hls", BASE_DIR / "node_modules" / "hls.js" / "dist")]
 WHITENOISE_USE_FINDERS = True  # serve straight from static/ without collectstatic on the embedded default
 MEDIA_ROOT = Path(env_str("CLASSCAST_MEDIA_ROOT", str(VAR_DIR / "media")))
 
@@ -128,6 +129,18 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULE = {
     "media-nodes-reap": {"task": "classroom.tasks.media_nodes_reap", "schedule": 30.0},
+    "broadcasts-watchdog": {"task": "classroom.tasks.broadcasts_watchdog", "schedule": 5.0},
+}
+# Long media jobs on their own queue, one at a time per worker process.
+CELERY_TASK_ROUTES = {"classroom.tasks.broadcast_run": {"queue": "media"}}
+
+# --- Cache (viewer counts): Redis when scaled out, per-process memory on the embedded default -------
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
 }
 
 # --- Media plane ----------------------------------------------------------------------------------
@@ -155,6 +168,29 @@ CLASSCAST_METRICS_TOKEN = env_str("CLASSCAST_METRICS_TOKEN")
 # Signaling limits.
 CLASSCAST_WS_MAX_MESSAGE_BYTES = env_int("CLASSCAST_WS_MAX_MESSAGE_BYTES", 64 * 1024)
 CLASSCAST_WS_RATE_PER_S = env_int("CLASSCAST_WS_RATE_PER_S", 20)
+
+# --- Broadcast: compositor -> RTMP -> HLS packager -> viewers --------------------------------------
+CLASSCAST_RTMP_HOST = env_str("CLASSCAST_RTMP_HOST", "127.0.0.1")  # the packager's ingest listens here
+CLASSCAST_RTMP_PORT = env_int("CLASSCAST_RTMP_PORT", 1935)
+# The ingest URL as encoders (OBS, the compositor) reach it; the stream key is appended.
+CLASSCAST_RTMP_INGEST_URL = env_str("CLASSCAST_RTMP_INGEST_URL", f"rtmp://127.0.0.1:{CLASSCAST_RTMP_PORT}/live")
+CLASSCAST_PACKAGER_METRICS_PORT = env_int("CLASSCAST_PACKAGER_METRICS_PORT", 0)
+CLASSCAST_HLS_ROOT = Path(env_str("CLASSCAST_HLS_ROOT", str(VAR_DIR / "hls")))
+CLASSCAST_HLS_SEGMENT_S = float(env_str("CLASSCAST_HLS_SEGMENT_S", "2.0"))
+CLASSCAST_HLS_WINDOW = env_int("CLASSCAST_HLS_WINDOW", 6)
+CLASSCAST_HLS_TOKEN_TTL_S = env_int("CLASSCAST_HLS_TOKEN_TTL_S", 6 * 3600)
+CLASSCAST_PROGRAM_WIDTH = env_int("CLASSCAST_PROGRAM_WIDTH", 1280)
+CLASSCAST_PROGRAM_HEIGHT = env_int("CLASSCAST_PROGRAM_HEIGHT", 720)
+CLASSCAST_PROGRAM_FPS = env_int("CLASSCAST_PROGRAM_FPS", 30)
+CLASSCAST_PROGRAM_VIDEO_BITRATE = env_int("CLASSCAST_PROGRAM_VIDEO_BITRATE", 2_500_000)
+CLASSCAST_PROGRAM_AUDIO_BITRATE = env_int("CLASSCAST_PROGRAM_AUDIO_BITRATE", 128_000)
+CLASSCAST_X264_PRESET = env_str("CLASSCAST_X264_PRESET", "veryfast")
+# Admission control: cost units one worker host takes (a 1280x720@30 program costs 1.0).
+CLASSCAST_EGRESS_CAPACITY = float(env_str("CLASSCAST_EGRESS_CAPACITY", "2.0"))
+# Where egress workers reach the class sockets (they join like a browser does).
+CLASSCAST_SIGNALING_URL = env_str("CLASSCAST_SIGNALING_URL", "ws://127.0.0.1:8000")
+CLASSCAST_BROADCAST_HEARTBEAT_S = float(env_str("CLASSCAST_BROADCAST_HEARTBEAT_S", "1.0"))
+CLASSCAST_BROADCAST_STALE_S = float(env_str("CLASSCAST_BROADCAST_STALE_S", "10.0"))
 
 LOGGING = {
     "version": 1,

@@ -190,3 +190,9 @@ def bring_on_stage(instructor: Any, student: Any) -> None:
     instructor.click("#hands li [data-action=invite]")
     student.wait_for_selector("#invitation:not([hidden])")
     student.click("#accept-invite")
+
+
+@pytest.fixture
+def fast_passwords(settings) -> None:
+    """MD5 hashing for tests that only talk to this process (a live server verifies with its own)."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -133,6 +133,19 @@ VALID = [
         ),
     ),
     ({"type": "ping"}, Message("ping", {}, None)),
+    ({"type": "broadcast.start"}, Message("broadcast.start", {}, None)),
+    ({"type": "broadcast.stop", "id": 9}, Message("broadcast.stop", {}, "9")),
+    ({"type": "broadcast.layout", "layout": "speaker"}, Message("broadcast.layout", {"layout": "speaker"}, None)),
+    (
+        {"type": "broadcast.layout", "layout": "single", "user_id": 4},
+        Message("broadcast.layout", {"layout": "single", "user_id": 4}, None),
+    ),
+    (
+        {"type": "destination.add", "name": "YouTube", "url": "rtmp://a.rtmp.youtube.com/live2/k"},
+        Message("destination.add", {"name": "YouTube", "url": "rtmp://a.rtmp.youtube.com/live2/k"}, None),
+    ),
+    ({"type": "destination.remove", "destination_id": 3}, Message("destination.remove", {"destination_id": 3}, None)),
+    ({"type": "stream_key.rotate"}, Message("stream_key.rotate", {}, None)),
 ]
 
 

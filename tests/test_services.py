@@ -267,7 +267,7 @@ def test_instructor_ends_a_session(cls, listener, django_capture_on_commit_callb
     assert cls.events(live)[-1] == ("session.ended", cls.uid("ada"), None)
 
     message = listener.event("session.ended")
-    assert message["state"] == {"session": None, "stage": [], "hands": [], "participants": []}
+    assert message["state"] == {"session": None, "stage": [], "hands": [], "participants": [], "broadcast": None}
 
     # nothing is live any more; a new session can start
     assert_refused(InvalidState, "invalid_state", lambda: session_end(classroom_id=cls.id, actor=cls.actor("ada")))
@@ -694,7 +694,7 @@ def test_every_change_is_logged_in_order(cls):
 
 
 def test_class_state_without_a_session(cls):
-    assert class_state(classroom_id=cls.id) == {"session": None, "stage": [], "hands": [], "participants": []}
+    assert class_state(classroom_id=cls.id) == {"session": None, "stage": [], "hands": [], "participants": [], "broadcast": None}
 
 
 def test_class_state_snapshot(cls):
@@ -738,6 +738,7 @@ def test_class_state_snapshot(cls):
             {"user_id": ben, "name": "Ben Okafor", "role": "student", "pages": ["class", "watch"]},
             {"user_id": cls.uid("admin"), "name": "Site Admin", "role": "staff", "pages": ["watch"]},
         ],
+        "broadcast": None,
     }
     assert Presence.objects.filter(classroom_id=cls.id).count() == 7
 

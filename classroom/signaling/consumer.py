@@ -23,7 +23,7 @@ from ..notify import class_group
 from ..permissions import Actor, can_manage_session, can_view_class
 from ..selectors import actor_get, chat_history, class_members, class_state, display_name, session_live_get
 from ..selectors import stage_member_is_active
-from ..services import chat, hands, sessions, stage
+from ..services import broadcast, chat, hands, sessions, stage
 from ..services.ice import ice_servers_for
 from ..services.media import media_node_for_session
 from ..services.presence import presence_enter, presence_leave
@@ -53,6 +53,16 @@ ACTIONS: dict[str, Callable[[int, Actor, dict[str, Any]], Any]] = {
         classroom_id=c, actor=a, kind=f["kind"], muted=f["muted"], user_id=f.get("user_id")
     ),
     "chat.send": lambda c, a, f: chat.chat_post(classroom_id=c, actor=a, text=f["text"]),
+    "broadcast.start": lambda c, a, f: broadcast.broadcast_start(classroom_id=c, actor=a),
+    "broadcast.stop": lambda c, a, f: broadcast.broadcast_stop(classroom_id=c, actor=a),
+    "broadcast.layout": lambda c, a, f: broadcast.broadcast_layout_set(
+        classroom_id=c, actor=a, layout=f["layout"], focus_user_id=f.get("user_id")
+    ),
+    "destination.add": lambda c, a, f: broadcast.destination_add(classroom_id=c, actor=a, name=f["name"], url=f["url"]),
+    "destination.remove": lambda c, a, f: broadcast.destination_remove(
+        classroom_id=c, actor=a, destination_id=f["destination_id"]
+    ),
+    "stream_key.rotate": lambda c, a, f: broadcast.stream_key_rotate(classroom_id=c, actor=a),
 }
 SERVICE_ALLOWED = {"rtc.join", "rtc.answer", "rtc.candidate", "rtc.leave", "ping", "stats.report"}
 

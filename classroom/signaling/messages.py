@@ -19,6 +19,10 @@ Client -> server types and their fields:
 `pc` is "publish" (our camera and microphone to the media node) or "subscribe" (the stage to us).
     rtc.leave
     stats.report {join_ms?, tracks: [...], rtt_ms?, available_out_bps?}
+    broadcast.start / broadcast.stop                 instructor: go live / stop
+    broadcast.layout {layout, user_id?}              grid | speaker | single (user_id: who, for single)
+    destination.add {name, url} / destination.remove {destination_id}
+    stream_key.rotate
     ping
 """
 from __future__ import annotations
@@ -121,6 +125,12 @@ def _optional_index(value: Any) -> int | None:
     return value
 
 
+def _layout(value: Any) -> str:
+    if value not in ("grid", "speaker", "single"):
+        raise ValueError('must be "grid", "speaker" or "single"')
+    return value
+
+
 def _number(lo: float, hi: float) -> Callable[[Any], float]:
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (lo <= value <= hi):
@@ -189,6 +199,12 @@ SCHEMAS: dict[str, dict[str, tuple[Callable[[Any], Any], bool]]] = {
         "available_out_bps": (_number(0, 1e10), False),
         "tracks": (_track_reports, False),
     },
+    "broadcast.start": {},
+    "broadcast.stop": {},
+    "broadcast.layout": {"layout": (_layout, True), "user_id": (_int_id, False)},
+    "destination.add": {"name": (_text(80, allow_empty=True), True), "url": (_text(500), True)},
+    "destination.remove": {"destination_id": (_int_id, True)},
+    "stream_key.rotate": {},
     "ping": {},
 }
 

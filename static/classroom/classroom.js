@@ -2,6 +2,7 @@
 // sends intents, and joins the stage call when its user is on stage.
 import { ClassSocket } from "./socket.js";
 import { StageCall } from "./rtc.js";
+import { setupBroadcast } from "./broadcast.js";
 
 const root = document.getElementById("classcast");
 const classId = Number(root.dataset.classId);
@@ -51,6 +52,7 @@ const socket = new ClassSocket(wsUrl, {
   },
 });
 const send = (type, fields) => socket.send(type, fields);
+const broadcast = setupBroadcast({ classId, page, send, banner });
 
 function handle(msg) {
   switch (msg.type) {
@@ -66,6 +68,7 @@ function handle(msg) {
       app.events.push(msg.event);
       if (msg.state) app.state = msg.state;
       announce(msg.event);
+      if (msg.event.kind.startsWith("broadcast.")) broadcast.refresh();
       render();
       break;
     case "presence":

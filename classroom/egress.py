@@ -1,0 +1,123 @@
+"""The compositor job, run by the `broadcast_run` Celery task: builds the pure compositor's configs
+from settings and the database, joins the class as a hidden subscriber with a service token, and
+keeps the job's row up to date (heartbeat, stats) while applying what the row asks (stop, layout,
+destinations). Blocking PyAV work lives in the compositor's own threads, off this event loop."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+from compositor.config import Destination, ProgramConfig
+from compositor.egress import StageCompositor
+from compositor.program import Program
+from compositor.stage_client import StageClientConfig
+
+from .models import Broadcast
+from .services.broadcast import broadcast_claim, broadcast_finish, broadcast_heartbeat, worker_name
+from .services.tokens import service_token_issue
+
+log = logging.getLogger("classcast.egress")
+PACKAGER_DESTINATION = "packager"
+
+
+def ingest_url(stream_key: str) -> str:
+    return f"{settings.CLASSCAST_RTMP_INGEST_URL}/{stream_key}"
+
+
+def signaling_config(*, classroom_id: int) -> StageClientConfig:
+    base = settings.CLASSCAST_SIGNALING_URL.rstrip("/")
+    token = service_token_issue(classroom_id=classroom_id, purpose="egress", name="compositor")
+    parts = urlsplit(base)
+    origin = f"{'https' if parts.scheme == 'wss' else 'http'}://{parts.netloc}"
+    return StageClientConfig(ws_url=f"{base}/ws/classes/{classroom_id}/?token={token}", origin=origin)
+
+
+def broadcast_job_run(*, broadcast_id: int) -> str:
+    worker = worker_name()
+    broadcast = broadcast_claim(
+        broadcast_id=broadcast_id, worker=worker, capacity=settings.CLASSCAST_EGRESS_CAPACITY
+    )
+    if broadcast is None:
+        return "not claimed"
+    classroom = broadcast.session.classroom
+    program = Program(
+        ProgramConfig(
+            width=settings.CLASSCAST_PROGRAM_WIDTH,
+            height=settings.CLASSCAST_PROGRAM_HEIGHT,
+            fps=settings.CLASSCAST_PROGRAM_FPS,
+            video_bitrate=settings.CLASSCAST_PROGRAM_VIDEO_BITRATE,
+            audio_bitrate=settings.CLASSCAST_PROGRAM_AUDIO_BITRATE,
+            keyint_s=settings.CLASSCAST_HLS_SEGMENT_S,
+            layout=broadcast.layout,
+            x264_preset=settings.CLASSCAST_X264_PRESET,
+        ),
+        destinations=[Destination(id=PACKAGER_DESTINATION, url=ingest_url(classroom.stream_key))],
+    )
+    error = ""
+    try:
+        asyncio.run(_supervise(broadcast, program, worker, signaling_config(classroom_id=classroom.pk)))
+    except Exception as exc:  # our fault: reported on the row, the watchdog or the instructor retries
+        log.exception("broadcast job failed", extra={"broadcast_id": broadcast_id, "class_id": classroom.pk})
+        error = f"{exc.__class__.__name__}: {exc}"
+    finally:
+        program.stop()
+        broadcast_finish(broadcast_id=broadcast_id, worker=worker, error=error)
+    return "failed" if error else "stopped"
+
+
+async def _supervise(broadcast: Broadcast, program: Program, worker: str, signaling: StageClientConfig) -> None:
+    program.start()
+    compositor = StageCompositor(signaling, program)
+    stage = asyncio.ensure_future(compositor.run())
+    extra: set[str] = set()
+    layout: tuple[str, int | None] = (broadcast.layout, broadcast.focus_user_id)
+    try:
+        while True:
+            stats = program.stats()
+            control = await database_sync_to_async(broadcast_heartbeat)(
+                broadcast_id=broadcast.pk, worker=worker, stats=_jsonable(stats), live=_packager_live(stats)
+            )
+            if control["stop"]:
+                log.info("broadcast stopping: %s", control.get("reason"), extra={"broadcast_id": broadcast.pk})
+                return
+            wanted_layout = (control["layout"], control["focus_user_id"])
+            if wanted_layout != layout:
+                layout = wanted_layout
+                program.set_layout(layout[0], focus_user_id=layout[1])
+            extra = _destinations_apply(program, extra, control["destinations"])
+            if stage.done():
+                stage.result()  # raises what broke the stage connection
+                raise RuntimeError("the stage connection closed")
+            await asyncio.sleep(settings.CLASSCAST_BROADCAST_HEARTBEAT_S)
+    finally:
+        await compositor.stop()
+        stage.cancel()
+
+
+def _destinations_apply(program: Program, current: set[str], wanted: list[dict[str, Any]]) -> set[str]:
+    wanted_ids = {d["id"] for d in wanted}
+    for dest_id in current - wanted_ids:
+        program.remove_destination(dest_id)
+    for dest in wanted:
+        if dest["id"] not in current:
+            program.add_destination(Destination(id=dest["id"], url=dest["url"]))
+    return wanted_ids
+
+
+def _packager_live(stats: dict[str, Any]) -> bool:
+    return stats.get("destinations", {}).get(PACKAGER_DESTINATION, {}).get("state") == "live"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

@@ -1,0 +1,66 @@
+"""What the HLS packager asks the app: which folder a stream key publishes into; and what it tells."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from django.conf import settings
+
+from .. import metrics
+from ..models import Classroom, LiveSession, SessionStatus
+
+log = logging.getLogger("classcast.ingest")
+
+
+def session_folder(*, classroom_id: int, session_id: int) -> str:
+    """A session's HLS folder under CLASSCAST_HLS_ROOT: built from ids, never from user input."""
+    return f"class-{int(classroom_id)}/session-{int(session_id)}"
+
+
+def ingest_folder_for_key(app: str, key: str) -> str | None:
+    """The folder a publisher with this key writes to, or None (refused): the key must be a class's
+    current stream key and the class must be live."""
+    if app != "live" or not key:
+        return None
+    classroom = Classroom.objects.filter(stream_key=key).only("pk").first()
+    if classroom is None:
+        return None
+    session = LiveSession.objects.filter(classroom=classroom, status=SessionStatus.LIVE).only("pk").first()
+    if session is None:
+        return None
+    return session_folder(classroom_id=classroom.pk, session_id=session.pk)
+
+
+def hls_folder_path(*, classroom_id: int) -> Path | None:
+    """The newest session folder of a class that has HLS output (the live one first)."""
+    sessions = LiveSession.objects.filter(classroom_id=classroom_id).order_by("-started_at", "-id")
+    live = [s for s in sessions if s.status == SessionStatus.LIVE]
+    for session in live + [s for s in sessions[:5] if s.status != SessionStatus.LIVE]:
+        folder = settings.CLASSCAST_HLS_ROOT / session_folder(classroom_id=classroom_id, session_id=session.pk)
+        if (folder / "live.m3u8").exists():
+            return folder
+    return None
+
+
+class IngestEvents:
+    """The packager's callbacks: logs and metrics (they run on its event loop: no database here)."""
+
+    def on_publish_start(self, folder: str) -> None:
+        metrics.INGEST_PUBLISHERS.inc()
+        log.info("publisher started", extra={"folder": folder})
+
+    def on_publish_end(self, folder: str, reason: str) -> None:
+        metrics.INGEST_PUBLISHERS.dec()
+        log.info("publisher ended", extra={"folder": folder, "reason": reason})
+
+    def on_refused(self, app: str, key: str, reason: str) -> None:
+        metrics.INGEST_REFUSED.labels(reason=reason).inc()
+        log.warning("publisher refused", extra={"app": app[:40], "reason": reason})
+
+    def on_segment(self, folder: str, segment_name: str, duration_s: float) -> None:
+        metrics.INGEST_SEGMENTS.inc()
+        metrics.INGEST_SEGMENT_SECONDS.observe(duration_s)
+
+
+def ingest_events() -> IngestEvents:
+    return IngestEvents()
