@@ -93,6 +93,8 @@ async def _supervise(broadcast: Broadcast, program: Program, worker: str, signal
             if stage.done():
                 stage.result()  # raises what broke the stage connection
                 raise RuntimeError("the stage connection closed")
+            if not stats.get("running", True):
+                raise RuntimeError(f"the program stopped: {stats.get('error') or 'unknown error'}")
             await asyncio.sleep(settings.CLASSCAST_BROADCAST_HEARTBEAT_S)
     finally:
         await compositor.stop()

@@ -1,0 +1,83 @@
+"""Frozen configuration the classroom app's services build from settings: the program's format, its
+destinations, and who is on stage. No I/O here."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from . import CompositorError
+
+LAYOUTS = ("grid", "speaker", "single")
+
+
+class ConfigError(CompositorError):
+    """A configuration value the compositor cannot run with."""
+
+
+@dataclass(frozen=True)
+class ProgramConfig:
+    width: int = 1280
+    height: int = 720
+    fps: int = 30
+    video_bitrate: int = 2_500_000
+    audio_bitrate: int = 128_000
+    keyint_s: float = 2.0  # = the HLS segment duration, so every segment starts on a keyframe
+    layout: str = "grid"
+    x264_preset: str = "veryfast"
+    sample_rate: int = 48_000
+    stale_video_s: float = 2.0  # a participant's video older than this shows their name card
+    speaker_switch_s: float = 1.5
+    sink_queue_packets: int = 512  # ~6 s of 30 fps video + AAC per destination
+    x264_threads: int = 0  # 0 = libx264 decides
+
+    def __post_init__(self) -> None:
+        if self.width <= 0 or self.height <= 0 or self.width % 2 or self.height % 2:
+            raise ConfigError(f"program size must be positive and even (YUV420), got {self.width}x{self.height}")
+        if not 1 <= self.fps <= 120:
+            raise ConfigError(f"fps must be 1..120, got {self.fps}")
+        if self.keyint_s <= 0 or self.keyint_frames < 1:
+            raise ConfigError(f"keyint_s must be positive, got {self.keyint_s}")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"unknown layout {self.layout!r} (one of {', '.join(LAYOUTS)})")
+        if self.video_bitrate <= 0 or self.audio_bitrate <= 0:
+            raise ConfigError("bitrates must be positive")
+
+    @property
+    def keyint_frames(self) -> int:
+        return max(1, round(self.fps * self.keyint_s))
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where the program goes: `rtmp(s)://...` (FLV over RTMP) or a file path / `file://` URL (format from
+    the extension unless `format` is given). `max_retries=None` retries a dropped RTMP destination forever."""
+
+    id: str
+    url: str
+    format: str | None = None
+    max_retries: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            raise ConfigError("a destination needs an id")
+        if urlsplit(self.url).scheme not in ("rtmp", "rtmps", "file", ""):
+            raise ConfigError(f"destination {self.id!r}: only rtmp(s):// URLs and files are supported")
+
+    @property
+    def is_rtmp(self) -> bool:
+        return urlsplit(self.url).scheme in ("rtmp", "rtmps")
+
+    @property
+    def path(self) -> str:
+        parts = urlsplit(self.url)
+        return parts.path if parts.scheme == "file" else self.url
+
+
+@dataclass(frozen=True)
+class Participant:
+    """One stage member, in stage order. A muted camera shows the name card."""
+
+    user_id: int
+    name: str
+    role: str = "student"
+    video_muted: bool = False

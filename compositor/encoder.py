@@ -1,0 +1,115 @@
+"""Encode once: H.264 (libx264) and AAC, into packets every sink muxes as they are.
+
+The encoders live as streams of a `null` muxer container that never receives a packet: its streams,
+once opened, carry the codec parameters (SPS/PPS and AudioSpecificConfig as extradata, global header)
+that each sink copies with `add_stream_from_template(opaque=True)`, which opens no encoder of its own.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+from av.codec.context import Flags
+
+from . import CompositorError
+from .config import ProgramConfig
+
+AAC_FRAME_SAMPLES = 1024
+
+
+class EncoderError(CompositorError):
+    """The program's encoder failed (our fault)."""
+
+
+@dataclass(frozen=True)
+class EncodedPacket:
+    kind: str  # "video" | "audio"
+    data: bytes
+    pts: int
+    dts: int
+    duration: int
+    time_base: Fraction
+    is_keyframe: bool
+
+    def to_av(self, stream: av.stream.Stream) -> av.Packet:
+        packet = av.Packet(self.data)
+        packet.pts, packet.dts, packet.time_base = self.pts, self.dts, self.time_base
+        packet.duration = self.duration
+        packet.is_keyframe = self.is_keyframe
+        packet.stream = stream
+        return packet
+
+
+def x264_options(config: ProgramConfig) -> dict[str, str]:
+    keyint = str(config.keyint_frames)
+    kbps = str(config.video_bitrate // 1000)
+    return {
+        "preset": config.x264_preset,
+        "tune": "zerolatency",
+        "g": keyint,
+        "keyint_min": keyint,
+        "sc_threshold": "0",  # no scene-cut keyframes: segments cut on the fixed cadence only
+        "forced-idr": "1",  # keyframes we force (after skipped ticks) are IDR, so a segment can start there
+        "maxrate": f"{kbps}k",
+        "bufsize": f"{kbps}k",  # a 1 s VBV: steady enough for RTMP and HLS segments
+        "threads": str(config.x264_threads),
+    }
+
+
+class ProgramEncoder:
+    def __init__(self, config: ProgramConfig) -> None:
+        self.config = config
+        self.video_time_base = Fraction(1, config.fps)
+        self.audio_time_base = Fraction(1, config.sample_rate)
+        self._container = av.open(os.devnull, "w", format="null")
+        try:
+            video = self._container.add_stream("libx264", rate=config.fps)
+            video.width, video.height, video.pix_fmt = config.width, config.height, "yuv420p"
+            video.time_base = self.video_time_base
+            video.codec_context.time_base = self.video_time_base
+            video.codec_context.bit_rate = config.video_bitrate
+            video.codec_context.options = x264_options(config)
+            video.codec_context.flags |= Flags.global_header  # extradata for FLV/MP4, not in-band
+            audio = self._container.add_stream("aac", rate=config.sample_rate, layout="stereo")
+            audio.codec_context.bit_rate = config.audio_bitrate
+            audio.codec_context.flags |= Flags.global_header
+            audio.time_base = self.audio_time_base
+            self._container.start_encoding()  # opens both encoders; their parameters land in the streams
+        except (av.FFmpegError, ValueError) as exc:
+            self._container.close()
+            raise EncoderError(f"cannot open the program encoders: {exc}") from exc
+        self.video_template = video
+        self.audio_template = audio
+        self.keyframes = 0
+
+    def encode_video(self, frame: av.VideoFrame, *, pts: int, keyframe: bool = False) -> list[EncodedPacket]:
+        frame.pts, frame.time_base = pts, self.video_time_base
+        # set every time: the mixer reuses its frames, and a stale I would force a keyframe
+        frame.pict_type = av.video.frame.PictureType.I if keyframe else av.video.frame.PictureType.NONE
+        return self._wrap("video", self.video_template.encode(frame))
+
+    def encode_audio(self, samples: np.ndarray, *, pts: int) -> list[EncodedPacket]:
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, np.float32), format="fltp", layout="stereo")
+        frame.sample_rate, frame.pts, frame.time_base = self.config.sample_rate, pts, self.audio_time_base
+        return self._wrap("audio", self.audio_template.encode(frame))
+
+    def flush(self) -> list[EncodedPacket]:
+        return self._wrap("video", self.video_template.encode(None)) + self._wrap(
+            "audio", self.audio_template.encode(None)
+        )
+
+    def close(self) -> None:
+        self._container.close()
+
+    def _wrap(self, kind: str, packets: list[av.Packet]) -> list[EncodedPacket]:
+        out = []
+        for p in packets:
+            if p.size == 0:
+                continue
+            if kind == "video" and p.is_keyframe:
+                self.keyframes += 1
+            out.append(EncodedPacket(kind, bytes(p), p.pts, p.dts, p.duration or 0, p.time_base, p.is_keyframe))
+        return out
