@@ -1,0 +1,67 @@
+"""Segment bookkeeping, pure: where to cut, and a folder's history of segments across publishers."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Iterable
+
+from .playlist import SegmentInfo
+
+SEGMENT_FILE = re.compile(r"^seg-(\d+)\.ts$")
+
+
+@dataclass
+class SegmentCutter:
+    """Decides cuts on media time. A segment starts at a keyframe and is cut at the first keyframe at or
+    after start + target (with video; audio-only streams cut on any packet)."""
+
+    target_s: float
+    start_s: float | None = None
+
+    def should_cut(self, t_s: float, *, keyframe: bool) -> bool:
+        if self.start_s is None or not keyframe:
+            return False
+        # 1 ms slack: FLV timestamps are whole milliseconds, 2 s of 30 fps video lands on 1999.999.. ms
+        return t_s - self.start_s >= self.target_s - 0.001
+
+    def begin(self, t_s: float) -> None:
+        self.start_s = t_s
+
+
+@dataclass
+class FolderHistory:
+    """Every segment of one output folder, across publisher reconnects (numbering continues)."""
+
+    segments: list[SegmentInfo] = field(default_factory=list)
+    next_index: int = 0
+    _pending_discontinuity: bool = False
+
+    @classmethod
+    def restore(cls, segments: Iterable[SegmentInfo], existing_files: Iterable[str] = ()) -> "FolderHistory":
+        """From playlists already on disk (a packager restart); never reuses a seg-<n>.ts name found."""
+        ordered = sorted({s.index: s for s in segments}.values(), key=lambda s: s.sequence)
+        used = [int(m.group(1)) for name in existing_files if (m := SEGMENT_FILE.match(name))]
+        next_index = max([s.index + 1 for s in ordered] + [n + 1 for n in used] + [0])
+        return cls(segments=ordered, next_index=next_index)
+
+    def begin_publish(self) -> None:
+        """A publisher starts: if segments exist already, the next one follows a discontinuity."""
+        self._pending_discontinuity = bool(self.segments) or self.next_index > 0
+
+    def take_index(self) -> int:
+        index = self.next_index
+        self.next_index += 1
+        return index
+
+    def add(self, index: int, duration_s: float, program_date_time: datetime) -> SegmentInfo:
+        sequence = self.segments[-1].sequence + 1 if self.segments else 0
+        info = SegmentInfo(index, sequence, duration_s, program_date_time, self._pending_discontinuity)
+        self._pending_discontinuity = False
+        self.segments.append(info)
+        return info
+
+
+def wall_clock(anchor: datetime, anchor_media_s: float, media_s: float) -> datetime:
+    """Program date-time of media time `media_s`, from one (wall, media) anchor per publish."""
+    return anchor + timedelta(seconds=media_s - anchor_media_s)
