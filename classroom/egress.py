@@ -97,8 +97,13 @@ async def _supervise(broadcast: Broadcast, program: Program, worker: str, signal
                 raise RuntimeError(f"the program stopped: {stats.get('error') or 'unknown error'}")
             await asyncio.sleep(settings.CLASSCAST_BROADCAST_HEARTBEAT_S)
     finally:
+        # Let the stage connection close itself (rtc.leave, peer connection closed): cancelling aiortc
+        # mid-close leaves it waiting on events nobody sets, and the job would never finish.
         await compositor.stop()
-        stage.cancel()
+        try:
+            await asyncio.wait_for(asyncio.shield(stage), timeout=15)
+        except Exception:  # noqa: BLE001 - leaving anyway; what broke was reported above
+            stage.cancel()
 
 
 def _destinations_apply(program: Program, current: set[str], wanted: list[dict[str, Any]]) -> set[str]:

@@ -95,6 +95,9 @@ class AudioMixer:
             if entry.buffered < max(n, self.prebuffer):
                 return None
             entry.playing = True
+        if not entry.chunks:  # drained exactly: an underrun like any other
+            entry.playing = False
+            return np.zeros((2, n), np.float32)
         data = np.concatenate(entry.chunks, axis=1) if len(entry.chunks) > 1 else entry.chunks[0]
         taken, rest = data[:, :n], data[:, n:]
         entry.chunks, entry.buffered = ([rest] if rest.shape[1] else []), rest.shape[1]

@@ -175,3 +175,15 @@ def test_format_changes_mid_stream_get_a_new_resampler(fmt, layout):
     mixer.push(1, sine(440, 0.5, fmt=fmt, layout=layout))
     mixer.push(1, sine(440, 0.5, rate=16_000, n=320, fmt="s16", layout="stereo"))
     assert mixer._inputs[1].buffered > 960
+
+
+def test_a_source_drained_to_the_sample_is_an_underrun_not_a_crash():
+    from compositor.audio_mixer import AudioMixer
+
+    mixer = AudioMixer(rate=48_000)
+    frame = av.AudioFrame.from_ndarray(np.full((1, 2048), 1000, np.int16), format="s16", layout="mono")
+    frame.sample_rate = 48_000
+    frame.pts = 0
+    mixer.push(1, frame)
+    blocks = [mixer.mix(1024) for _ in range(6)]  # more than was pushed: the source runs dry exactly
+    assert all(b.samples.shape == (2, 1024) for b in blocks)

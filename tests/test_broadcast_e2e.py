@@ -1,0 +1,239 @@
+"""The broadcast end to end, every part real: Chromium publishers on stage -> the compositor task in
+a real Celery worker (media queue) -> RTMP -> the packager process -> HLS -> a viewer's hls.js."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import av
+import m3u8
+import numpy as np
+import pytest
+
+from .conftest import ROOT, bring_on_stage, free_port, login_page, start_live_server, stop_processes, wait_for_port
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+SEGMENT_S = 2.0
+
+
+class Stack:
+    def __init__(self, server, hls_root: Path, procs: dict[str, subprocess.Popen], log_dir: Path) -> None:
+        self.server = server
+        self.url = server.url
+        self.hls_root = hls_root
+        self.procs = procs
+        self.log_dir = log_dir
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.log_dir.glob("*.log"))
+        )
+
+    def folder(self, class_id: int) -> Path | None:
+        folders = sorted((self.hls_root / f"class-{class_id}").glob("session-*"))
+        return folders[-1] if folders else None
+
+
+def _spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> subprocess.Popen:
+    log = open(log_dir / f"{name}.log", "w")
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture
+def stack(transactional_db, tmp_path, settings, monkeypatch) -> Iterator[Stack]:
+    from classroom.models import MediaNode
+
+    # Playwright's sync API keeps an event loop in this thread; the test's own ORM calls are still
+    # plain synchronous code, so tell Django not to refuse them.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")
+    MediaNode.objects.all().delete()
+    rtmp_port = free_port()
+    hls_root = tmp_path / "hls"
+    settings.CLASSCAST_HLS_ROOT = hls_root
+    extra = {
+        "CLASSCAST_RTMP_PORT": str(rtmp_port),
+        "CLASSCAST_RTMP_INGEST_URL": f"rtmp://127.0.0.1:{rtmp_port}/live",
+        "CLASSCAST_HLS_ROOT": str(hls_root),
+        "CLASSCAST_HLS_SEGMENT_S": str(SEGMENT_S),
+        "CLASSCAST_BROADCAST_STALE_S": "5",
+    }
+    server = start_live_server(tmp_path, **extra)
+    env = {**server.env, "CLASSCAST_SIGNALING_URL": f"ws://127.0.0.1:{server.port}"}
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "config", "purge", "-f", "-Q", "media"],
+            cwd=ROOT, env=env, capture_output=True, timeout=60,
+        )
+        procs["packager"] = _spawn("packager", [sys.executable, "manage.py", "hls_packager"], env, tmp_path)
+        wait_for_port(rtmp_port, proc=procs["packager"])
+        procs["worker"] = _spawn(
+            "worker",
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "media", "--concurrency", "1",
+             "--prefetch-multiplier", "1", "-l", "INFO", "-n", f"media-{rtmp_port}@%h"],
+            env, tmp_path,
+        )
+        procs["housekeeping"] = _spawn(
+            "housekeeping",
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default", "--pool", "solo",
+             "-l", "INFO", "-n", f"default-{rtmp_port}@%h"],
+            env, tmp_path,
+        )
+        procs["beat"] = _spawn(
+            "beat",
+            [sys.executable, "-m", "celery", "-A", "config", "beat", "-l", "INFO",
+             "--schedule", str(tmp_path / "beat-schedule")],
+            env, tmp_path,
+        )
+        yield Stack(server, hls_root, procs, tmp_path)
+    finally:
+        stop_processes(list(procs.values()))
+        stop_processes(server.procs)
+
+
+def wait_until(fn, *, timeout: float = 60.0, every: float = 0.5, what: str = "condition", logs=None) -> Any:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what} (last {last!r})\n{logs() if logs else ''}")
+
+
+def playlist(folder: Path) -> m3u8.M3U8 | None:
+    path = folder / "live.m3u8"
+    return m3u8.loads(path.read_text()) if path.exists() else None
+
+
+def segments_after(stack: Stack, class_id: int, count: int, *, after: int = -1) -> list[Any]:
+    """Wait for `count` segments whose media sequence number is above `after`."""
+
+    def ready():
+        folder = stack.folder(class_id)
+        pl = playlist(folder) if folder else None
+        if pl is None:
+            return None
+        numbered = [(pl.media_sequence + i, s) for i, s in enumerate(pl.segments)]
+        fresh = [(n, s) for n, s in numbered if n > after]
+        return fresh if len(fresh) >= count else None
+
+    return wait_until(ready, timeout=120, what=f"{count} new HLS segments", logs=stack.logs)
+
+
+def probe_segment(path: Path) -> dict[str, Any]:
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        audio = container.streams.audio[0]
+        info = {
+            "vcodec": video.codec_context.name, "size": (video.codec_context.width, video.codec_context.height),
+            "acodec": audio.codec_context.name, "rate": audio.codec_context.sample_rate,
+        }
+        frames, samples, last = 0, [], None
+        for frame in container.decode(video=0, audio=0):
+            if isinstance(frame, av.VideoFrame):
+                frames += 1
+                last = frame
+            else:
+                samples.append(frame.to_ndarray().astype(np.float32).ravel())
+        info["frames"] = frames
+        info["last_frame"] = last.to_ndarray(format="gray")  # luma, enough to see tiles
+        pcm = np.concatenate(samples) if samples else np.zeros(1)
+        info["audio_rms"] = float(np.sqrt(np.mean(np.square(pcm))))
+    return info
+
+
+def tiles_with_content(gray: np.ndarray, count: int) -> list[float]:
+    """The luma spread inside each grid tile the layout puts on screen for `count` participants."""
+    from compositor.config import Participant
+    from compositor.layout import layout_compute
+
+    people = [Participant(i + 1, f"P{i}", "student") for i in range(count)]
+    tiles = layout_compute("grid", people, width=gray.shape[1], height=gray.shape[0])
+    return [float(gray[t.y + 8 : t.y + t.h - 8, t.x + 8 : t.x + t.w - 8].std()) for t in tiles]
+
+
+def test_broadcast_from_stage_to_viewers(stack, browser):
+    from classroom.models import Broadcast
+    from classroom.services.demo import demo_seed
+
+    demo = demo_seed()
+    cid = demo["class_id"]
+    ada = login_page(browser, stack.server, "ada", "classcast-demo")
+    ben = login_page(browser, stack.server, "ben", "classcast-demo")
+    cleo = login_page(browser, stack.server, "cleo", "classcast-demo")
+    ada.goto(demo["urls"]["instructor"])
+    ben.goto(demo["urls"]["student"])
+    ada.click("#start-session")
+    ada.wait_for_selector("#stage-grid .tile.me")
+    bring_on_stage(ada, ben)
+    ben.wait_for_selector("#stage-grid .tile:not(.me) video")
+
+    # Go live from the console; the panel says when the program is on air.
+    ada.click("#go-live")
+    ada.wait_for_selector("#bc-status.live", timeout=90_000)
+    fresh = segments_after(stack, cid, 3)
+
+    # The playlist parses; segments are ~2 s; the stream is H.264 1280x720 + AAC 48 kHz.
+    folder = stack.folder(cid)
+    pl = playlist(folder)
+    assert pl.target_duration and pl.target_duration <= 3
+    assert pl.program_date_time is not None or any(s.program_date_time for s in pl.segments)
+    for _, segment in fresh[:-1]:
+        assert abs(segment.duration - SEGMENT_S) <= 0.1 * SEGMENT_S, [s.duration for _, s in fresh]
+    info = probe_segment(folder / fresh[-1][1].uri)
+    assert info["vcodec"] == "h264" and info["size"] == (1280, 720)
+    assert info["acodec"] == "aac" and info["rate"] == 48000
+    assert info["frames"] >= 0.9 * 30 * fresh[-1][1].duration * 0.5  # a loaded 2-core box may drop some
+    assert info["audio_rms"] > 1e-3, "the program's audio is silent"
+    spreads = tiles_with_content(info["last_frame"], 2)
+    assert all(s > 3 for s in spreads), f"expected 2 tiles with camera content, luma spread {spreads}"
+
+    # A viewer's page plays it with hls.js.
+    cleo.goto(demo["urls"]["watch"])
+    cleo.wait_for_selector("#player-status.live", timeout=30_000)
+    start = wait_until(lambda: cleo.evaluate("window.classcast.player && window.classcast.player.video.currentTime") or None,
+                       what="the viewer's player to start", logs=stack.logs)
+    wait_until(lambda: cleo.evaluate("window.classcast.player.video.currentTime") >= start + 5,
+               timeout=60, what="5 s of playback")
+
+    # The stage changes mid-broadcast: ben leaves (one tile), comes back (two); output never stops.
+    last_seq = fresh[-1][0]
+    ben.click("#leave-stage")
+    ada.wait_for_selector(f'#stage-grid .tile:not(.me)', state="detached")
+    after_leave = segments_after(stack, cid, 2, after=last_seq)
+    gray = probe_segment(folder / after_leave[-1][1].uri)["last_frame"]
+    assert tiles_with_content(gray, 1)[0] > 3
+    bring_on_stage(ada, ben)
+    after_rejoin = segments_after(stack, cid, 3, after=after_leave[-1][0])
+    gray = probe_segment(folder / after_rejoin[-1][1].uri)["last_frame"]
+    assert all(s > 3 for s in tiles_with_content(gray, 2))
+    assert "#EXT-X-ENDLIST" not in (folder / "live.m3u8").read_text()
+
+    # Kill the compositor's worker process: the broadcast comes back by itself, the playlist stays valid.
+    broadcast = Broadcast.objects.get()
+    pid = int(broadcast.worker.rsplit(":", 1)[1])
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: Broadcast.objects.filter(pk=broadcast.pk, attempts__gte=2, status="live").exists(),
+               timeout=120, what="the broadcast to come back", logs=stack.logs)
+    resumed = segments_after(stack, cid, 2, after=after_rejoin[-1][0])
+    text = (folder / "live.m3u8").read_text()
+    assert "#EXT-X-DISCONTINUITY" in text
+    assert m3u8.loads(text).segments  # still parses
+    assert probe_segment(folder / resumed[-1][1].uri)["size"] == (1280, 720)
+
+    # Stop: the job ends on its flag; the playlist is finished and a VOD playlist is kept.
+    ada.click("#stop-live")
+    wait_until(lambda: Broadcast.objects.filter(pk=broadcast.pk, status="stopped").exists(),
+               timeout=60, what="the job to stop", logs=stack.logs)
+    wait_until(lambda: (folder / "vod.m3u8").exists(), timeout=30, what="the VOD playlist", logs=stack.logs)
+    vod = m3u8.loads((folder / "vod.m3u8").read_text())
+    assert vod.is_endlist and len(vod.segments) >= 10
+    for ctx in (ada.context, ben.context, cleo.context):
+        ctx.close()
