@@ -19,11 +19,15 @@ class SegmentCutter:
     target_s: float
     start_s: float | None = None
 
+    # A keyframe this close to the target still cuts: a segment that began a frame late (the first one
+    # of a publisher, or after a reconnect) would otherwise wait a whole GOP more and come out twice
+    # as long; FLV's whole-millisecond clock also lands 2 s of 30 fps video on 1999.999.. ms.
+    early_cut_fraction: float = 0.9
+
     def should_cut(self, t_s: float, *, keyframe: bool) -> bool:
         if self.start_s is None or not keyframe:
             return False
-        # 1 ms slack: FLV timestamps are whole milliseconds, 2 s of 30 fps video lands on 1999.999.. ms
-        return t_s - self.start_s >= self.target_s - 0.001
+        return t_s - self.start_s >= self.target_s * self.early_cut_fraction - 0.001
 
     def begin(self, t_s: float) -> None:
         self.start_s = t_s

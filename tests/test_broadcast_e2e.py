@@ -183,7 +183,7 @@ def test_broadcast_from_stage_to_viewers(stack, browser):
     # The playlist parses; segments are ~2 s; the stream is H.264 1280x720 + AAC 48 kHz.
     folder = stack.folder(cid)
     pl = playlist(folder)
-    assert pl.target_duration and pl.target_duration <= 3
+    assert pl.target_duration and pl.target_duration <= 3, [s.duration for s in pl.segments]
     assert pl.program_date_time is not None or any(s.program_date_time for s in pl.segments)
     for _, segment in fresh[:-1]:
         assert abs(segment.duration - SEGMENT_S) <= 0.1 * SEGMENT_S, [s.duration for _, s in fresh]
@@ -237,3 +237,65 @@ def test_broadcast_from_stage_to_viewers(stack, browser):
     assert vod.is_endlist and len(vod.segments) >= 10
     for ctx in (ada.context, ben.context, cleo.context):
         ctx.close()
+
+
+@pytest.fixture
+def packager(transactional_db, tmp_path, settings) -> Iterator[dict[str, Any]]:
+    """The packager as `make run` starts it (`manage.py hls_packager`), keys resolved from the database."""
+    from .conftest import server_env
+
+    port = free_port()
+    settings.CLASSCAST_HLS_ROOT = tmp_path / "hls"
+    env = server_env(CLASSCAST_RTMP_PORT=str(port), CLASSCAST_HLS_ROOT=str(tmp_path / "hls"))
+    proc = _spawn("packager", [sys.executable, "manage.py", "hls_packager"], env, tmp_path)
+    try:
+        wait_for_port(port, proc=proc)
+        yield {"port": port, "log": tmp_path / "packager.log"}
+    finally:
+        stop_processes([proc])
+
+
+def ffmpeg_publish(url: str, seconds: float) -> subprocess.CompletedProcess:
+    import imageio_ffmpeg
+
+    return subprocess.run(
+        [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-re",
+         "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30", "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
+         "-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-g", "60",
+         "-c:a", "aac", "-ar", "48000", "-f", "flv", url],
+        capture_output=True, timeout=seconds + 60,
+    )
+
+
+def test_obs_style_publisher_with_the_class_key(packager, fast_passwords):
+    from django.test import Client
+
+    from classroom.models import Classroom
+    from classroom.services.demo import demo_seed
+    from classroom.services.sessions import session_start
+    from classroom.selectors import actor_get
+    from django.contrib.auth import get_user_model
+
+    demo = demo_seed()
+    cid = demo["class_id"]
+    ada = get_user_model().objects.get(username="ada")
+    classroom = Classroom.objects.get(pk=cid)
+    base = f"rtmp://127.0.0.1:{packager['port']}/live"
+
+    # Not live yet: nothing to publish into.
+    assert ffmpeg_publish(f"{base}/{classroom.stream_key}", 2).returncode != 0
+    session_start(classroom_id=cid, actor=actor_get(user=ada, classroom_id=cid))
+    assert ffmpeg_publish(f"{base}/not-the-key", 2).returncode != 0
+
+    done = ffmpeg_publish(f"{base}/{classroom.stream_key}", 7)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    client = Client()
+    client.force_login(get_user_model().objects.get(username="ben"))
+    response = client.get(f"/hls/classes/{cid}/live.m3u8")
+    assert response.status_code == 200
+    pl = m3u8.loads(response.content.decode())
+    assert len(pl.segments) >= 3 and pl.is_endlist
+    segment = client.get(f"/hls/classes/{cid}/{pl.segments[0].uri}")
+    assert segment.status_code == 200 and segment["Content-Type"] == "video/mp2t"
+    log = packager["log"].read_text()
+    assert "unknown_key" in log or "refused" in log

@@ -244,6 +244,14 @@ def test_cutter_cuts_at_first_keyframe_at_or_after_target():
     assert cutter.should_cut(13.0, keyframe=True)
 
 
+def test_cutter_takes_a_keyframe_just_short_of_the_target():
+    """A segment that began a frame late cuts at the next GOP boundary instead of running two GOPs."""
+    cutter = SegmentCutter(2.0)
+    cutter.begin(0.033)
+    assert cutter.should_cut(2.0, keyframe=True)  # 1.967 s
+    assert not cutter.should_cut(1.7, keyframe=True)  # 1.667 s: too short, wait for the next
+
+
 def test_folder_history_numbering_and_discontinuity_across_publishers():
     history = FolderHistory()
     history.begin_publish()
