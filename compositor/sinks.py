@@ -14,6 +14,7 @@ takes the OS's TCP connect timeout to be reported (the state stays `connecting` 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import queue
 import socket
@@ -36,6 +37,9 @@ USER_ERRNOS = {
     errno.EPIPE, errno.ECONNABORTED, errno.EIO, errno.EACCES, errno.EPERM,
 }
 
+
+CONNECT_PROBE_S = 3.0  # a remote RTMP server that takes longer to accept is treated as unreachable
+RW_TIMEOUT_US = 5_000_000  # FFmpeg gives up on a stalled RTMP read/write after 5 s
 
 class SinkError(CompositorError):
     """A destination could not be opened or written."""
@@ -198,10 +202,17 @@ class DestinationSink:
         dest = self.destination
         if dest.is_rtmp:
             parts = urlsplit(dest.url)
-            # resolve first for a clear "unknown host"; no TCP probe: single-shot listeners (FFmpeg's
-            # `listen` mode) would take the probe for the publisher
-            socket.getaddrinfo(parts.hostname, parts.port or 1935, type=socket.SOCK_STREAM)
-            container = av.open(dest.url, mode="w", format=dest.format or "flv")
+            # Resolve first for a clear "unknown host". PyAV holds the GIL while FFmpeg connects, which
+            # would freeze every thread of the job (aiortc's loop too), so a remote host is probed here
+            # first, where waiting releases the GIL; loopback is not probed (FFmpeg's single-shot
+            # `listen` mode would take the probe for the publisher), and rw_timeout bounds the rest.
+            port = parts.port or 1935
+            infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+            if not all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos):
+                socket.create_connection((parts.hostname, port), timeout=CONNECT_PROBE_S).close()
+            container = av.open(
+                dest.url, mode="w", format=dest.format or "flv", options={"rw_timeout": str(RW_TIMEOUT_US)}
+            )
         else:
             container = av.open(dest.path, mode="w", format=dest.format)
         try:

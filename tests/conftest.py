@@ -196,3 +196,17 @@ def bring_on_stage(instructor: Any, student: Any) -> None:
 def fast_passwords(settings) -> None:
     """MD5 hashing for tests that only talk to this process (a live server verifies with its own)."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def wait_until(
+    fn: Any, *, timeout: float = 30.0, every: float = 0.25, what: str = "condition", logs: Any = None
+) -> Any:
+    """Poll `fn` until it returns something truthy (and return that); fail with what was awaited."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what} (last value {last!r})\n{logs() if logs else ''}")

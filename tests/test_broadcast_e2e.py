@@ -15,7 +15,16 @@ import m3u8
 import numpy as np
 import pytest
 
-from .conftest import ROOT, bring_on_stage, free_port, login_page, start_live_server, stop_processes, wait_for_port
+from .conftest import (
+    ROOT,
+    bring_on_stage,
+    free_port,
+    login_page,
+    start_live_server,
+    stop_processes,
+    wait_for_port,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 SEGMENT_S = 2.0
@@ -94,17 +103,6 @@ def stack(transactional_db, tmp_path, settings, monkeypatch) -> Iterator[Stack]:
     finally:
         stop_processes(list(procs.values()))
         stop_processes(server.procs)
-
-
-def wait_until(fn, *, timeout: float = 60.0, every: float = 0.5, what: str = "condition", logs=None) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what} (last {last!r})\n{logs() if logs else ''}")
 
 
 def playlist(folder: Path) -> m3u8.M3U8 | None:
@@ -199,7 +197,7 @@ def test_broadcast_from_stage_to_viewers(stack, browser):
     cleo.goto(demo["urls"]["watch"])
     cleo.wait_for_selector("#player-status.live", timeout=30_000)
     start = wait_until(lambda: cleo.evaluate("window.classcast.player && window.classcast.player.video.currentTime") or None,
-                       what="the viewer's player to start", logs=stack.logs)
+                       timeout=60, what="the viewer's player to start", logs=stack.logs)
     wait_until(lambda: cleo.evaluate("window.classcast.player.video.currentTime") >= start + 5,
                timeout=60, what="5 s of playback")
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from .conftest import login_page
+from .conftest import login_page, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -38,17 +38,6 @@ async () => {
   return out;
 }
 """
-
-
-def wait_until(fn, *, timeout: float = 30.0, every: float = 0.25, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what} (last value {last!r})")
 
 
 def decoded_fps(page, seconds: float = 5.0) -> tuple[float, dict]:

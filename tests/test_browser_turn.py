@@ -19,24 +19,22 @@ from typing import Any, Iterator
 
 import pytest
 
-from .conftest import LiveServer, bring_on_stage, free_port, login_page, start_live_server, stop_processes, wait_for_port
+from .conftest import (
+    LiveServer,
+    bring_on_stage,
+    free_port,
+    login_page,
+    start_live_server,
+    stop_processes,
+    wait_for_port,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 TURN_SECRET = "classcast-turn-test-secret"
 TURN_REALM = "classcast.test"
 RELAY_PORTS = 200
-
-
-def wait_until(fn, *, timeout: float = 30.0, every: float = 0.25, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what} (last value {last!r})")
 
 
 @dataclass
