@@ -22,6 +22,28 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCALED = bool(os.environ.get("REDIS_URL"))
 
 
+def pytest_sessionstart(session: Any) -> None:
+    """A server process of an interrupted earlier run may still hold the PostgreSQL test database,
+    and then it can be neither dropped nor created: end those sessions first."""
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("sqlite3"):
+        return
+    import psycopg
+
+    test_name = db.get("TEST", {}).get("NAME") or f"test_{db['NAME']}"
+    try:
+        with psycopg.connect(
+            host=db.get("HOST") or "127.0.0.1", port=db.get("PORT") or 5432, user=db.get("USER") or "postgres",
+            password=db.get("PASSWORD") or None, dbname="postgres", autocommit=True,
+        ) as conn:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (test_name,),
+            )
+    except psycopg.Error:
+        pass  # no rights or no server: pytest-django reports the real problem
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
