@@ -114,6 +114,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
         "data_folder_in": str(_celery_fs / "queue"),
         "data_folder_out": str(_celery_fs / "queue"),
         "processed_folder": str(_celery_fs / "processed"),
+        "control_folder": str(_celery_fs / "control"),  # kombu's default is ./control, in the checkout
         "store_processed": False,
     }
     if CELERY_BROKER_URL.startswith("filesystem")
