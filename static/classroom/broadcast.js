@@ -5,7 +5,7 @@ const POLL_MS = 2000;
 export function setupBroadcast({ classId, page, send, banner }) {
   const $ = (id) => document.getElementById(id);
   const statusUrl = `/api/classes/${classId}/broadcast/`;
-  const view = { status: null, player: null, timer: null };
+  const view = { status: null, player: null, timer: null, onStage: false };
 
   async function poll() {
     try {
@@ -26,6 +26,12 @@ export function setupBroadcast({ classId, page, send, banner }) {
   // ---------- viewer --------------------------------------------------------------------------
   function renderPlayer(s) {
     const badge = $("player-status");
+    // On stage, people see and hear the stage itself: the delayed program would only echo.
+    $("player").closest(".player-wrap").hidden = view.onStage;
+    if (view.onStage) {
+      if (view.player) stopPlayer();
+      return;
+    }
     const live = s.hls.live;
     badge.textContent = live ? "LIVE" : s.hls.ended ? "Ended" : "Offline";
     badge.className = live ? "badge live" : "badge";
@@ -56,6 +62,7 @@ export function setupBroadcast({ classId, page, send, banner }) {
   }
 
   function stopPlayer() {
+    view.player.video.pause();
     if (view.player.hls) view.player.hls.destroy();
     view.player = null;
     window.classcast.player = null;
@@ -127,5 +134,11 @@ export function setupBroadcast({ classId, page, send, banner }) {
   poll();
   view.timer = setInterval(poll, POLL_MS);
   setInterval(delayTick, 1000);
-  return { refresh: poll, view };
+  function setOnStage(onStage) {
+    if (onStage === view.onStage) return;
+    view.onStage = onStage;
+    render();
+  }
+
+  return { refresh: poll, setOnStage, view };
 }

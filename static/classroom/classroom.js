@@ -143,6 +143,7 @@ function render() {
   }
   renderStage();
   renderParticipants();
+  broadcast.setOnStage(onStage());
   syncCall();
 }
 
