@@ -54,6 +54,8 @@ test-embedded: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/join_time.py
+	$(PY) bench/compositor.py
+	$(PY) bench/hls_ingest.py
 
 clean:
 	rm -rf $(VENV) var
