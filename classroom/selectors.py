@@ -46,8 +46,12 @@ def session_live_get(*, classroom_id: int) -> LiveSession | None:
     return LiveSession.objects.filter(classroom_id=classroom_id, status=SessionStatus.LIVE).first()
 
 
-def stage_member_is_active(*, session_id: int, user_id: int) -> bool:
-    return StageMembership.objects.filter(session_id=session_id, user_id=user_id, state="on_stage").exists()
+def stage_member_muted(*, session_id: int, user_id: int) -> list[str] | None:
+    """The kinds an on-stage member has muted, or None when they are not on stage."""
+    member = StageMembership.objects.filter(session_id=session_id, user_id=user_id, state="on_stage").first()
+    if member is None:
+        return None
+    return [kind for kind in ("audio", "video") if getattr(member, f"{kind}_muted")]
 
 
 def _roles(classroom_id: int) -> dict[int, str]:

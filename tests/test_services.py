@@ -484,6 +484,18 @@ def test_leaving_the_stage_disconnects_media(cls, live, django_capture_on_commit
     assert node.receive() == {"type": "media.kick", "session_id": live.pk, "user_id": cls.uid("ben"), "reason": "left"}
 
 
+def test_a_mute_reaches_the_media_node_which_enforces_it(cls, live, django_capture_on_commit_callbacks):
+    node_id = f"unit-{uuid.uuid4().hex[:12]}"
+    LiveSession.objects.filter(pk=live.pk).update(media_node=node_id)
+    node = Listener(channel=media_node_channel(node_id))
+    cls.on_stage("ben")
+    with django_capture_on_commit_callbacks(execute=True):
+        stage_mute(classroom_id=cls.id, actor=cls.actor("ada"), user_id=cls.uid("ben"), kind="audio", muted=True)
+    assert node.receive() == {
+        "type": "media.mute", "session_id": live.pk, "user_id": cls.uid("ben"), "kind": "audio", "muted": True,
+    }
+
+
 def test_instructor_removes_someone_from_stage(cls, live, listener, django_capture_on_commit_callbacks):
     node_id = f"unit-{uuid.uuid4().hex[:12]}"
     LiveSession.objects.filter(pk=live.pk).update(media_node=node_id)

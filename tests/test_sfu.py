@@ -208,3 +208,40 @@ async def test_a_rejoining_publisher_is_received_again_on_the_reused_transceiver
     await b2.close()
     async with room.lock:
         await room.close(reason="test_over")
+
+
+async def test_a_muted_publisher_is_not_forwarded_whatever_its_client_sends(room_and_clients):
+    room, clients = room_and_clients
+    a = await join(room, clients, "a", 1)
+    b = await join(room, clients, "b", 2)
+    assert await frames_from(a, 2, kind="audio", count=3) == 3
+    room.mute_user(2, kind="audio", muted=True)  # b's client keeps sending audio regardless
+    audio = a.receiver_track(2, "audio")
+    await asyncio.sleep(0.5)  # let what was already in flight arrive
+    while not audio._queue.empty():
+        audio._queue.get_nowait()
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(audio.recv(), timeout=1.5)
+    assert await frames_from(a, 2, kind="video", count=3) == 3  # only the muted kind stops
+    room.mute_user(2, kind="audio", muted=False)
+    assert await frames_from(a, 2, kind="audio", count=3) == 3
+    await a.close()
+    await b.close()
+    async with room.lock:
+        await room.close(reason="test_over")
+
+
+async def test_a_member_who_joins_muted_stays_muted(room_and_clients):
+    room, clients = room_and_clients
+    a = await join(room, clients, "a", 1)
+    client = clients["m"] = Client(room, "m", publish=True)
+    async with room.lock:
+        await room.join(PeerSpec(peer_id="m", session_id=1, user_id=3, name="m", role="student", publish=True, muted=("video",)))
+    assert await frames_from(a, 3, kind="audio", count=3) == 3
+    await wait_for(lambda: a.receiver_track(3, "video") is not None)
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(a.receiver_track(3, "video").recv(), timeout=2)
+    await a.close()
+    await client.close()
+    async with room.lock:
+        await room.close(reason="test_over")

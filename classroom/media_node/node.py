@@ -98,6 +98,7 @@ class MediaNode:
                             role=message.get("role", ""),
                             publish=bool(message.get("publish")),
                             hidden=bool(message.get("hidden")),
+                            muted=tuple(k for k in message.get("muted", ()) if k in ("audio", "video")),
                         )
                     )
                 elif kind == "media.answer":
@@ -112,6 +113,8 @@ class MediaNode:
                     )
                 elif kind == "media.leave":
                     await room.leave(message["peer_id"], reason=message.get("reason", "left"), notify=False)
+                elif kind == "media.mute":
+                    room.mute_user(message["user_id"], kind=message["kind"], muted=bool(message["muted"]))
                 elif kind == "media.kick":
                     await room.kick_user(message["user_id"], reason=message.get("reason", "removed"))
                 elif kind == "media.end":

@@ -33,7 +33,7 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 
 from .. import metrics
-from .tracks import NodeClockTrack, SwitchableTrack
+from .tracks import GateTrack, NodeClockTrack, SwitchableTrack
 
 log = logging.getLogger("classcast.sfu")
 
@@ -66,6 +66,7 @@ class PeerSpec:
     role: str
     publish: bool
     hidden: bool = False
+    muted: tuple[str, ...] = ()  # kinds muted when joining (the stage's record)
 
 
 PUBLISH = "publish"
@@ -82,6 +83,8 @@ class Peer:
     outbound: dict[tuple[str, str], RTCRtpTransceiver] = field(default_factory=dict)
     # Our own handle on each subscribe sender's source: aiortc drops sender.track when it stops.
     switches: dict[RTCRtpTransceiver, SwitchableTrack] = field(default_factory=dict)
+    gates: dict[str, GateTrack] = field(default_factory=dict)
+    muted: set[str] = field(default_factory=set)
     negotiating: bool = False
     pending: bool = False
     connected: bool = False
@@ -119,7 +122,7 @@ class Room:
             for other in list(self.peers.values()):
                 if other.spec.publish and other.spec.user_id == spec.user_id:
                     await self.leave(other.spec.peer_id, reason="replaced")
-        peer = Peer(spec=spec)
+        peer = Peer(spec=spec, muted=set(spec.muted))
         self.peers[spec.peer_id] = peer
         peer.tasks.append(asyncio.ensure_future(self._setup_deadline(peer)))
         log.info("peer joined", extra=self._log_extra(peer))
@@ -201,6 +204,14 @@ class Room:
         if notify:
             await self._send_safely(peer_id, {"type": "media.closed", "session_id": self.session_id, "reason": reason})
 
+    def mute_user(self, user_id: int, *, kind: str, muted: bool) -> None:
+        """Stop (or resume) forwarding one kind of a publisher's media, whatever their browser does."""
+        for peer in self.peers.values():
+            if peer.spec.user_id == user_id and peer.spec.publish:
+                (peer.muted.add if muted else peer.muted.discard)(kind)
+                if kind in peer.gates:
+                    peer.gates[kind].muted = muted
+
     async def kick_user(self, user_id: int, *, reason: str) -> None:
         for peer in list(self.peers.values()):
             if peer.spec.user_id == user_id and not peer.spec.hidden:
@@ -214,8 +225,8 @@ class Room:
 
     def _on_track(self, peer: Peer, track: MediaStreamTrack) -> None:
         kind = track.kind
-        if kind == "video":
-            track = NodeClockTrack(track)
+        gate = peer.gates[kind] = GateTrack(track, muted=kind in peer.muted)
+        track = NodeClockTrack(gate) if kind == "video" else gate
         peer.published[kind] = track
         peer.tasks.append(asyncio.ensure_future(self._drain(peer, track)))
         for other in self.peers.values():

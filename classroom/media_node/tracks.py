@@ -44,6 +44,27 @@ class NodeClockTrack(MediaStreamTrack):
         self.source.stop()
 
 
+class GateTrack(MediaStreamTrack):
+    """A publisher's track as the node forwards it: while muted, frames are read and dropped, so a
+    mute the instructor asked for holds even if the publisher's browser ignores it."""
+
+    def __init__(self, source: MediaStreamTrack, *, muted: bool = False) -> None:
+        super().__init__()
+        self.kind = source.kind
+        self.source = source
+        self.muted = muted
+
+    async def recv(self) -> Frame:
+        while True:
+            frame = await self.source.recv()
+            if not self.muted:
+                return frame
+
+    def stop(self) -> None:
+        super().stop()
+        self.source.stop()
+
+
 class SwitchableTrack(MediaStreamTrack):
     def __init__(self, kind: str) -> None:
         super().__init__()

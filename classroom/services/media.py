@@ -67,6 +67,14 @@ def media_user_kick(*, session: LiveSession, user_id: int, reason: str) -> None:
         )
 
 
+def media_user_mute(*, session: LiveSession, user_id: int, kind: str, muted: bool) -> None:
+    if session.media_node:
+        channel_send_on_commit(
+            channel=media_node_channel(session.media_node),
+            message={"type": "media.mute", "session_id": session.pk, "user_id": user_id, "kind": kind, "muted": muted},
+        )
+
+
 def media_session_end(*, session: LiveSession) -> None:
     if session.media_node:
         channel_send_on_commit(

@@ -9,7 +9,7 @@ from ..errors import InvalidState, NotAllowed, NotFound
 from ..models import EventKind, HandRaise, LiveSession, Membership, StageMembership, StageState
 from ..permissions import Actor, can_act_for, can_manage_session
 from .events import event_record
-from .media import media_user_kick
+from .media import media_user_kick, media_user_mute
 from .sessions import session_require_live
 
 
@@ -117,6 +117,7 @@ def stage_mute(*, classroom_id: int, actor: Actor, kind: str, muted: bool, user_
         raise InvalidState("that person is not on stage")
     setattr(member, f"{kind}_muted", muted)
     member.save(update_fields=[f"{kind}_muted"])
+    media_user_mute(session=session, user_id=target, kind=kind, muted=muted)
     event_record(
         session=session,
         kind=EventKind.MUTED,

@@ -22,7 +22,7 @@ from ..models import Classroom
 from ..notify import class_group
 from ..permissions import Actor, can_manage_session, can_view_class
 from ..selectors import actor_get, chat_history, class_members, class_state, display_name, session_live_get
-from ..selectors import stage_member_is_active
+from ..selectors import stage_member_muted
 from ..services import broadcast, chat, hands, sessions, stage
 from ..services.ice import ice_servers_for
 from ..services.media import media_node_for_session
@@ -217,12 +217,10 @@ class ClassConsumer(AsyncWebsocketConsumer):
         session = await database_sync_to_async(session_live_get)(classroom_id=self.classroom_id)
         if session is None:
             raise InvalidState("the class is not live")
-        publish = False
+        publish, muted = False, []
         if self.actor is not None:
-            on_stage = await database_sync_to_async(stage_member_is_active)(
-                session_id=session.pk, user_id=self.actor.user_id
-            )
-            if not on_stage:
+            muted = await database_sync_to_async(stage_member_muted)(session_id=session.pk, user_id=self.actor.user_id)
+            if muted is None:
                 raise NotAllowed("only people on stage join the call; watchers see the broadcast")
             publish = True
         channel = await database_sync_to_async(media_node_for_session)(session_id=session.pk)
@@ -243,6 +241,7 @@ class ClassConsumer(AsyncWebsocketConsumer):
                 "role": (self.actor.role or "staff") if self.actor else "service",
                 "publish": publish,
                 "hidden": self.service is not None,
+                "muted": muted,
             },
         )
         log.info("media join", extra={"class_id": self.classroom_id, "session_id": session.pk})
