@@ -51,7 +51,10 @@ def test_lost_connection_is_shown_and_the_page_rejoins_by_itself(live_server_pro
     server.start_web()
     ben.wait_for_selector("#banner.ok:has-text('Reconnected')", timeout=30_000)
     # Back on stage without anyone clicking: both decode each other again.
-    for page in (ada, ben):
+    for name, page in (("ada", ada), ("ben", ben)):
         page.wait_for_function("window.classcast.inCall && window.classcast.call.sub !== null", timeout=30_000)
-        fps, _ = decoded_fps(page, seconds=3)
-        assert fps >= 10, f"decoded {fps:.1f} fps after the reconnect\n{server.logs()}"
+        try:
+            fps, _ = decoded_fps(page, seconds=3)
+        except AssertionError as exc:
+            raise AssertionError(f"{name}: {exc}\n{server.logs()}") from None
+        assert fps >= 10, f"{name} decoded {fps:.1f} fps after the reconnect\n{server.logs()}"

@@ -320,6 +320,11 @@ class Room:
                 metrics.CALL_SETUPS.labels(result="failure").inc()
                 peer.connected = True  # counted once
             self._schedule(self._leave_locked(peer.spec.peer_id, "connection_failed"))
+        elif state == "closed" and self.peers.get(peer.spec.peer_id) is peer:
+            # Closed by the other side (aiortc shuts down once every DTLS transport got close_notify),
+            # e.g. the browser's page went away with a web process that died before telling us:
+            # free its tracks now, so nobody joining meanwhile is handed a dead publisher.
+            self._schedule(self._leave_locked(peer.spec.peer_id, "connection_closed"))
         self._schedule(self._send_safely(peer.spec.peer_id, {"type": "media.state", "pc": name, "state": state}))
 
     async def _setup_deadline(self, peer: Peer) -> None:
