@@ -19,7 +19,7 @@ from .config import PackagerConfig
 from .errors import ProtocolError, UnsafeFolderError
 from .playlist import SegmentInfo
 from .rtmp_chunks import (
-    ABORT, ACK, AUDIO, COMMAND_AMF0, COMMAND_AMF3, DATA_AMF0, HANDSHAKE_SIZE, SET_CHUNK_SIZE, SET_PEER_BANDWIDTH,
+    ACK, AUDIO, COMMAND_AMF0, COMMAND_AMF3, DATA_AMF0, HANDSHAKE_SIZE, SET_CHUNK_SIZE, SET_PEER_BANDWIDTH,
     USER_CONTROL, VIDEO, WINDOW_ACK_SIZE, ChunkParser, ChunkWriter, Message, control,
 )
 from .segmenter import Segmenter

@@ -50,7 +50,6 @@ def decoded_fps(page, seconds: float = 5.0) -> tuple[float, dict]:
 
 def test_stage_flow_two_browsers_and_a_watcher(live_server_proc, live_demo, browser):
     server, demo = live_server_proc, live_demo
-    cid = demo["class_id"]
     ada = login_page(browser, server, "ada", "classcast-demo")
     ben = login_page(browser, server, "ben", "classcast-demo")
     cleo_ctx = browser.new_context(base_url=server.url)

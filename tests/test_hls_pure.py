@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import struct
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import m3u8
 import pytest

@@ -6,7 +6,6 @@ import uuid
 
 import m3u8
 import pytest
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.test import Client
 

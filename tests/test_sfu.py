@@ -192,7 +192,7 @@ async def test_three_publishers_each_receive_both_others(room_and_clients):
 async def test_a_rejoining_publisher_is_received_again_on_the_reused_transceiver(room_and_clients):
     room, clients = room_and_clients
     a = await join(room, clients, "a", 1)
-    b = await join(room, clients, "b", 2)
+    await join(room, clients, "b", 2)
     await frames_from(a, 2)
     async with room.lock:
         await room.leave("b", reason="left")
