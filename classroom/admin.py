@@ -1,6 +1,7 @@
 from django.contrib import admin
 
 from .models import (
+    AuditEntry,
     ChatMessage,
     Classroom,
     HandRaise,
@@ -8,6 +9,8 @@ from .models import (
     MediaNode,
     Membership,
     Presence,
+    Recording,
+    RecordingFile,
     SessionEvent,
     StageMembership,
 )
@@ -56,3 +59,39 @@ admin.site.register(Membership)
 admin.site.register(StageMembership)
 admin.site.register(HandRaise)
 admin.site.register(Presence)
+
+
+class RecordingFileInline(admin.TabularInline):
+    model = RecordingFile
+    extra = 0
+    can_delete = False
+    fields = ["name", "role", "kind", "codec", "participant_name", "start_ms", "end_ms", "duration_ms", "size", "stored"]
+    readonly_fields = fields
+
+
+@admin.register(Recording)
+class RecordingAdmin(admin.ModelAdmin):
+    list_display = ["id", "classroom", "status", "started_at", "duration_ms", "size_bytes", "expires_at", "shared_with_students"]
+    list_filter = ["status", "shared_with_students"]
+    search_fields = ["classroom__title"]
+    readonly_fields = ["manifest", "progress", "qc", "problems", "gaps", "stats", "worker", "heartbeat_at"]
+    inlines = [RecordingFileInline]
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    """Read-only: the audit log is written by the app, never edited."""
+
+    list_display = ["at", "actor_name", "action", "recording_id", "target", "ip"]
+    list_filter = ["action"]
+    search_fields = ["actor_name", "target"]
+    readonly_fields = [f.name for f in AuditEntry._meta.fields]
+
+    def has_add_permission(self, request):  # noqa: ANN001, ANN201
+        return False
+
+    def has_change_permission(self, request, obj=None):  # noqa: ANN001, ANN201
+        return False
+
+    def has_delete_permission(self, request, obj=None):  # noqa: ANN001, ANN201
+        return False

@@ -29,9 +29,9 @@ def ingest_url(stream_key: str) -> str:
     return f"{settings.CLASSCAST_RTMP_INGEST_URL}/{stream_key}"
 
 
-def signaling_config(*, classroom_id: int) -> StageClientConfig:
+def signaling_config(*, classroom_id: int, name: str = "compositor") -> StageClientConfig:
     base = settings.CLASSCAST_SIGNALING_URL.rstrip("/")
-    token = service_token_issue(classroom_id=classroom_id, purpose="egress", name="compositor")
+    token = service_token_issue(classroom_id=classroom_id, purpose="egress", name=name)
     parts = urlsplit(base)
     origin = f"{'https' if parts.scheme == 'wss' else 'http'}://{parts.netloc}"
     return StageClientConfig(ws_url=f"{base}/ws/classes/{classroom_id}/?token={token}", origin=origin)
@@ -80,7 +80,7 @@ async def _supervise(broadcast: Broadcast, program: Program, worker: str, signal
         while True:
             stats = program.stats()
             control = await database_sync_to_async(broadcast_heartbeat)(
-                broadcast_id=broadcast.pk, worker=worker, stats=_jsonable(stats), live=_packager_live(stats)
+                broadcast_id=broadcast.pk, worker=worker, stats=jsonable(stats), live=_packager_live(stats)
             )
             if control["stop"]:
                 log.info("broadcast stopping: %s", control.get("reason"), extra={"broadcast_id": broadcast.pk})
@@ -120,11 +120,11 @@ def _packager_live(stats: dict[str, Any]) -> bool:
     return stats.get("destinations", {}).get(PACKAGER_DESTINATION, {}).get("state") == "live"
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)

@@ -24,6 +24,10 @@ class Classroom(models.Model):
     stream_key = models.CharField(
         max_length=64, unique=True, default=stream_key_new, help_text="RTMP ingest key (OBS, ffmpeg, the compositor)."
     )
+    auto_record = models.BooleanField(default=False, help_text="Record every session from its start.")
+    recording_retention_days = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Delete this class's recordings after this many days (empty: the site default)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -152,6 +156,9 @@ class EventKind(models.TextChoices):
     BROADCAST_STOPPED = "broadcast.stopped"
     BROADCAST_FAILED = "broadcast.failed"
     LAYOUT = "broadcast.layout"
+    RECORDING_STARTED = "recording.started"
+    RECORDING_STOPPED = "recording.stopped"
+    RECORDING_INTERRUPTED = "recording.interrupted"
 
 
 class SessionEvent(models.Model):
@@ -264,3 +271,138 @@ class Destination(models.Model):
 
     class Meta:
         ordering = ["id"]
+
+
+class RecordingStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    STARTING = "starting", "Starting"
+    RECORDING = "recording", "Recording"
+    RESTARTING = "restarting", "Restarting"
+    PROCESSING = "processing", "Processing"
+    PUBLISHED = "published", "Published"
+    FAILED = "failed", "Failed"
+
+
+ACTIVE_RECORDING_STATES = (
+    RecordingStatus.QUEUED,
+    RecordingStatus.STARTING,
+    RecordingStatus.RECORDING,
+    RecordingStatus.RESTARTING,
+)
+
+
+class Recording(models.Model):
+    """One recording of a live session: the recorder job's control row while it records, then the
+    post-processing status, the published manifest and the retention date."""
+
+    classroom = models.ForeignKey(Classroom, on_delete=models.PROTECT, related_name="recordings")
+    session = models.ForeignKey(LiveSession, on_delete=models.PROTECT, related_name="recordings")
+    status = models.CharField(max_length=16, choices=RecordingStatus.choices, default=RecordingStatus.QUEUED)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    auto = models.BooleanField(default=False, help_text="Started by the class's auto-record setting.")
+    stop_requested = models.BooleanField(default=False)
+    worker = models.CharField(max_length=200, blank=True, help_text="host:pid of the recorder job")
+    attempts = models.PositiveIntegerField(default=0)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    stats = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True, help_text="t=0 of every offset in the manifest")
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    problems = models.JSONField(default=list, blank=True, help_text="Why the recording is incomplete.")
+    gaps = models.JSONField(default=list, blank=True, help_text="[{start_ms, end_ms, reason}] not recorded")
+    progress = models.JSONField(default=dict, blank=True, help_text="Post-processing steps and their state.")
+    qc = models.JSONField(default=list, blank=True, help_text="Quality-check warnings.")
+    error = models.TextField(blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    size_bytes = models.BigIntegerField(null=True, blank=True)
+    manifest = models.JSONField(null=True, blank=True)
+    published_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    shared_with_students = models.BooleanField(default=False, help_text="The class's students may watch it.")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["session"],
+                condition=Q(status__in=["queued", "starting", "recording", "restarting"]),
+                name="one_active_recording_per_session",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Recording {self.pk} of {self.classroom} ({self.status})"
+
+    @property
+    def folder(self) -> str:
+        """The recording's folder, in the spool and in storage; built from ids, never from input."""
+        return f"class-{self.classroom_id}/rec-{self.pk}"
+
+    @property
+    def complete(self) -> bool:
+        return not self.problems
+
+
+class FileRole(models.TextChoices):
+    TRACK = "track", "Track"
+    PROGRAM = "program", "Program (MP4)"
+    PROGRAM_PLAYLIST = "program_playlist", "Program (HLS playlist)"
+    MANIFEST = "manifest", "Manifest"
+    THUMBNAIL = "thumbnail", "Thumbnail"
+    POSTER = "poster", "Poster"
+
+
+class RecordingFile(models.Model):
+    """A file of a recording. Created by the recorder when it opens a track file, so a file written by a
+    job that then died is still known; completed by post-processing (probe, checksum, QC)."""
+
+    recording = models.ForeignKey(Recording, on_delete=models.CASCADE, related_name="files")
+    role = models.CharField(max_length=20, choices=FileRole.choices)
+    name = models.CharField(max_length=200, help_text="Path inside the recording's folder, e.g. tracks/u3-video-1.webm")
+    kind = models.CharField(max_length=8, blank=True)
+    codec = models.CharField(max_length=16, blank=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    participant_name = models.CharField(max_length=200, blank=True)
+    participant_role = models.CharField(max_length=16, blank=True)
+    start_ms = models.IntegerField(default=0)
+    end_ms = models.IntegerField(null=True, blank=True)
+    first_media_ms = models.IntegerField(null=True, blank=True)
+    duration_ms = models.IntegerField(null=True, blank=True)
+    frames = models.IntegerField(null=True, blank=True)
+    width = models.IntegerField(null=True, blank=True)
+    height = models.IntegerField(null=True, blank=True)
+    size = models.BigIntegerField(null=True, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True)
+    stored = models.BooleanField(default=False, help_text="Published to the recordings storage.")
+    qc = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["start_ms", "id"]
+        constraints = [models.UniqueConstraint(fields=["recording", "name"], name="recording_file_unique_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class AuditEntry(models.Model):
+    """Who viewed, downloaded, shared or deleted a recording. Rows outlive the recording they name."""
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    actor_name = models.CharField(max_length=200, blank=True)
+    action = models.CharField(max_length=40, db_index=True)
+    recording_id = models.IntegerField(null=True, blank=True, db_index=True)
+    classroom_id = models.IntegerField(null=True, blank=True)
+    target = models.CharField(max_length=300, blank=True, help_text="The file, or what was done")
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name_plural = "audit entries"
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor_name or '-'} {self.action} {self.target}"

@@ -39,3 +39,21 @@ def can_chat(actor: Actor) -> bool:
 def can_publish(actor: Actor, *, on_stage: bool) -> bool:
     """Only stage members (or the instructor) send media."""
     return on_stage or can_manage_session(actor)
+
+
+def can_record(actor: Actor) -> bool:
+    """Start and stop recording a session."""
+    return can_manage_session(actor)
+
+
+def can_review_recording(actor: Actor, *, published: bool, shared_with_students: bool) -> bool:
+    """Staff see every recording and a class's instructor that class's; a student sees one only once it
+    is published and the class has shared it with its students."""
+    if actor.is_staff or actor.role == INSTRUCTOR:
+        return True
+    return actor.role == STUDENT and published and shared_with_students
+
+
+def can_manage_recording(actor: Actor) -> bool:
+    """Share with students, delete, process again."""
+    return actor.is_staff or actor.role == INSTRUCTOR

@@ -7,6 +7,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import QuerySet
 
 from .models import (
+    ACTIVE_RECORDING_STATES,
     ACTIVE_STAGE_STATES,
     Broadcast,
     ChatMessage,
@@ -15,6 +16,7 @@ from .models import (
     LiveSession,
     Membership,
     Presence,
+    Recording,
     Role,
     SessionStatus,
     StageMembership,
@@ -96,7 +98,9 @@ def class_state(*, classroom_id: int) -> dict[str, Any]:
     """The snapshot every client renders from: session, stage, raised hands, participants."""
     roles = _roles(classroom_id)
     session = session_live_get(classroom_id=classroom_id)
-    state: dict[str, Any] = {"session": None, "stage": [], "hands": [], "participants": [], "broadcast": None}
+    state: dict[str, Any] = {
+        "session": None, "stage": [], "hands": [], "participants": [], "broadcast": None, "recording": None,
+    }
     state["participants"] = participants_list(classroom_id=classroom_id)
     if session is None:
         return state
@@ -110,6 +114,7 @@ def class_state(*, classroom_id: int) -> dict[str, Any]:
         {
             **_person(m.user, roles),
             "state": m.state,
+            "since": m.joined_at.isoformat() if m.joined_at else None,
             "audio_muted": m.audio_muted,
             "video_muted": m.video_muted,
         }
@@ -127,6 +132,12 @@ def class_state(*, classroom_id: int) -> dict[str, Any]:
             "error": broadcast.error,
         }
         if broadcast is not None
+        else None
+    )
+    recording = Recording.objects.filter(session=session, status__in=ACTIVE_RECORDING_STATES, stop_requested=False).first()
+    state["recording"] = (
+        {"id": recording.pk, "status": recording.status, "started_at": recording.started_at.isoformat() if recording.started_at else None}
+        if recording is not None
         else None
     )
     return state

@@ -17,6 +17,7 @@ import websockets
 from aiortc import MediaStreamTrack, RTCBundlePolicy, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from . import CompositorError
+from .encoded_tap import receiver_request_keyframe, receiver_tap
 
 log = logging.getLogger("classcast.egress")
 
@@ -43,12 +44,25 @@ class StageTrack:
 
 
 TracksCallback = Callable[[dict[str, StageTrack]], None]
+# (mid, codec, payload, RTP timestamp from 0, clock rate): encoded frames as received, see encoded_tap
+EncodedCallback = Callable[[str, str, bytes, int, int], None]
 
 
 class StageSubscriber:
-    def __init__(self, config: StageClientConfig, *, on_tracks: TracksCallback | None = None) -> None:
+    def __init__(
+        self,
+        config: StageClientConfig,
+        *,
+        on_tracks: TracksCallback | None = None,
+        on_encoded: EncodedCallback | None = None,
+        decode: bool = True,
+    ) -> None:
+        """`on_encoded` receives every track's encoded frames; with `decode=False` nothing is decoded
+        (the tracks' `recv()` then never yields a frame), which is all a recorder needs."""
         self.config = config
         self.on_tracks = on_tracks
+        self.on_encoded = on_encoded
+        self.decode = decode
         self.pc: RTCPeerConnection | None = None
         self.rtc_config = RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         self.tracks: dict[str, StageTrack] = {}
@@ -118,6 +132,10 @@ class StageSubscriber:
         if self.pc is None:
             self.pc = RTCPeerConnection(self.rtc_config)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        if self.on_encoded is not None:
+            for transceiver in self.pc.getTransceivers():
+                if transceiver.mid is not None:
+                    receiver_tap(transceiver.receiver, on_frame=self._encoded_for(transceiver.mid), decode=self.decode)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         await self._send("rtc.answer", pc="subscribe", sdp=self.pc.localDescription.sdp)
         tracks = {}
@@ -135,3 +153,21 @@ class StageSubscriber:
         self.tracks = tracks
         if self.on_tracks is not None:
             self.on_tracks(dict(tracks))
+
+    def _encoded_for(self, mid: str) -> Callable[[str, bytes, int, int], None]:
+        callback = self.on_encoded
+        assert callback is not None
+
+        def on_frame(codec: str, data: bytes, timestamp: int, clock_rate: int) -> None:
+            callback(mid, codec, data, timestamp, clock_rate)
+
+        return on_frame
+
+    async def request_keyframe(self, mid: str) -> bool:
+        """Ask the media node for a keyframe on one track (a new recording file starts with one)."""
+        if self.pc is None:
+            return False
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.mid == mid:
+                return await receiver_request_keyframe(transceiver.receiver)
+        return False

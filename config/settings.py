@@ -131,9 +131,14 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULE = {
     "media-nodes-reap": {"task": "classroom.tasks.media_nodes_reap", "schedule": 30.0},
     "broadcasts-watchdog": {"task": "classroom.tasks.broadcasts_watchdog", "schedule": 5.0},
+    "recordings-watchdog": {"task": "classroom.tasks.recordings_watchdog", "schedule": 5.0},
+    "recordings-expire": {"task": "classroom.tasks.recordings_expire", "schedule": 3600.0},
 }
-# Long media jobs on their own queue, one at a time per worker process.
-CELERY_TASK_ROUTES = {"classroom.tasks.broadcast_run": {"queue": "media"}}
+# Long media jobs (compositor, recorder) on their own queue, one at a time per worker process.
+CELERY_TASK_ROUTES = {
+    "classroom.tasks.broadcast_run": {"queue": "media"},
+    "classroom.tasks.recording_run": {"queue": "media"},
+}
 
 # --- Cache (viewer counts): Redis when scaled out, per-process memory on the embedded default -------
 CACHES = {
@@ -192,6 +197,35 @@ CLASSCAST_EGRESS_CAPACITY = float(env_str("CLASSCAST_EGRESS_CAPACITY", "2.0"))
 CLASSCAST_SIGNALING_URL = env_str("CLASSCAST_SIGNALING_URL", "ws://127.0.0.1:8000")
 CLASSCAST_BROADCAST_HEARTBEAT_S = float(env_str("CLASSCAST_BROADCAST_HEARTBEAT_S", "1.0"))
 CLASSCAST_BROADCAST_STALE_S = float(env_str("CLASSCAST_BROADCAST_STALE_S", "10.0"))
+
+# --- Recordings -----------------------------------------------------------------------------------
+# The recorder writes raw track files into the spool (a local or shared disk: post-processing reads it,
+# so media and default workers must share it); published files go to the "recordings" storage, which
+# is local disk by default and any Django storage backend (e.g. django-storages S3) by settings.
+CLASSCAST_RECORDING_SPOOL = Path(env_str("CLASSCAST_RECORDING_SPOOL", str(VAR_DIR / "recordings" / "spool")))
+CLASSCAST_RECORDINGS_STORAGE_BACKEND = env_str(
+    "CLASSCAST_RECORDINGS_STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage"
+)
+CLASSCAST_RECORDINGS_STORAGE_OPTIONS = env_json(
+    "CLASSCAST_RECORDINGS_STORAGE_OPTIONS", {"location": str(VAR_DIR / "recordings" / "store")}
+)
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "recordings": {"BACKEND": CLASSCAST_RECORDINGS_STORAGE_BACKEND, "OPTIONS": CLASSCAST_RECORDINGS_STORAGE_OPTIONS},
+}
+# Days a published recording is kept (a class may set its own); 0 keeps recordings until deleted.
+CLASSCAST_RECORDING_RETENTION_DAYS = env_int("CLASSCAST_RECORDING_RETENTION_DAYS", 90)
+CLASSCAST_RECORDING_HEARTBEAT_S = float(env_str("CLASSCAST_RECORDING_HEARTBEAT_S", "1.0"))
+CLASSCAST_RECORDING_STALE_S = float(env_str("CLASSCAST_RECORDING_STALE_S", "10.0"))
+# Signed download/playback links live this long.
+CLASSCAST_RECORDING_LINK_TTL_S = env_int("CLASSCAST_RECORDING_LINK_TTL_S", 600)
+# Quality checks: black, frozen or silent stretches at least this long are reported.
+CLASSCAST_QC_BLACK_S = float(env_str("CLASSCAST_QC_BLACK_S", "5.0"))
+CLASSCAST_QC_FROZEN_S = float(env_str("CLASSCAST_QC_FROZEN_S", "5.0"))
+CLASSCAST_QC_SILENCE_S = float(env_str("CLASSCAST_QC_SILENCE_S", "10.0"))
+# The ffmpeg binary for post-processing (ffmpeg-python); empty = on PATH, else the imageio-ffmpeg wheel's.
+CLASSCAST_FFMPEG = env_str("CLASSCAST_FFMPEG")
 
 LOGGING = {
     "version": 1,

@@ -43,6 +43,7 @@ def render(
     discontinuity_sequence: int = 0,
     ended: bool = False,
     vod: bool = False,
+    event: bool = False,
 ) -> str:
     first_sequence = segments[0].sequence if segments else 0
     lines = ["#EXTM3U", "#EXT-X-VERSION:3", f"#EXT-X-TARGETDURATION:{target_s}", f"#EXT-X-MEDIA-SEQUENCE:{first_sequence}"]
@@ -50,6 +51,8 @@ def render(
         lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuity_sequence}")
     if vod:
         lines.append("#EXT-X-PLAYLIST-TYPE:VOD")
+    elif event:
+        lines.append("#EXT-X-PLAYLIST-TYPE:EVENT")
     lines.append("#EXT-X-INDEPENDENT-SEGMENTS")  # every segment starts on a keyframe
     for segment in segments:
         if segment.discontinuity:
@@ -76,3 +79,9 @@ def live_playlist(segments: Sequence[SegmentInfo], *, window: int, configured_s:
 
 def vod_playlist(segments: Sequence[SegmentInfo], *, configured_s: float) -> str:
     return render(segments, target_s=target_duration(segments, configured_s), vod=True)
+
+
+def archive_playlist(segments: Sequence[SegmentInfo], *, configured_s: float, ended: bool) -> str:
+    """Every segment of the folder so far (EVENT playlist, only ever appended to): what the recorder
+    cuts the program recording from while the broadcast is still live."""
+    return render(segments, target_s=target_duration(segments, configured_s), event=True, ended=ended)

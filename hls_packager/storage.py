@@ -10,10 +10,10 @@ from pathlib import Path, PurePosixPath
 import m3u8
 
 from .errors import UnsafeFolderError
-from .playlist import SegmentInfo, live_playlist, vod_playlist
+from .playlist import SegmentInfo, archive_playlist, live_playlist, vod_playlist
 from .segments import SEGMENT_FILE, FolderHistory
 
-LIVE_PLAYLIST, VOD_PLAYLIST = "live.m3u8", "vod.m3u8"
+LIVE_PLAYLIST, VOD_PLAYLIST, ARCHIVE_PLAYLIST = "live.m3u8", "vod.m3u8", "archive.m3u8"
 _PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 MAX_DEPTH = 8
 
@@ -52,16 +52,17 @@ def write_atomic(path: Path, data: bytes | str) -> None:
 
 
 def write_playlists(folder: Path, history: FolderHistory, *, window: int, target_s: float, ended: bool) -> None:
+    write_atomic(folder / ARCHIVE_PLAYLIST, archive_playlist(history.segments, configured_s=target_s, ended=ended))
     write_atomic(folder / LIVE_PLAYLIST, live_playlist(history.segments, window=window, configured_s=target_s, ended=ended))
     if ended:
         write_atomic(folder / VOD_PLAYLIST, vod_playlist(history.segments, configured_s=target_s))
 
 
 def load_history(folder: Path) -> FolderHistory:
-    """What earlier publishers left in this folder: the VOD playlist (every segment up to the last end)
-    and the live one (segments after it, if the packager stopped without ending), numbering kept."""
+    """What earlier publishers left in this folder: the archive playlist (every segment so far, also after
+    a packager crash), the VOD one and the live one (older folders), numbering kept."""
     found: dict[int, SegmentInfo] = {}
-    for name in (VOD_PLAYLIST, LIVE_PLAYLIST):
+    for name in (ARCHIVE_PLAYLIST, VOD_PLAYLIST, LIVE_PLAYLIST):
         path = folder / name
         if path.is_file():
             for info in _parse(path.read_text(encoding="utf-8")):

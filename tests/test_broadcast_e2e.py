@@ -2,6 +2,7 @@
 a real Celery worker (media queue) -> RTMP -> the packager process -> HLS -> a viewer's hls.js."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -42,6 +43,10 @@ class Stack:
             f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.log_dir.glob("*.log"))
         )
 
+    @property
+    def spool(self) -> Path:
+        return self.log_dir / "spool"
+
     def folder(self, class_id: int) -> Path | None:
         folders = sorted((self.hls_root / f"class-{class_id}").glob("session-*"))
         return folders[-1] if folders else None
@@ -63,12 +68,18 @@ def stack(transactional_db, tmp_path, settings, monkeypatch) -> Iterator[Stack]:
     rtmp_port = free_port()
     hls_root = tmp_path / "hls"
     settings.CLASSCAST_HLS_ROOT = hls_root
+    settings.CLASSCAST_RECORDING_SPOOL = tmp_path / "spool"
+    store = {"location": str(tmp_path / "store")}
+    settings.STORAGES = {**settings.STORAGES, "recordings": {**settings.STORAGES["recordings"], "OPTIONS": store}}
     extra = {
         "CLASSCAST_RTMP_PORT": str(rtmp_port),
         "CLASSCAST_RTMP_INGEST_URL": f"rtmp://127.0.0.1:{rtmp_port}/live",
         "CLASSCAST_HLS_ROOT": str(hls_root),
         "CLASSCAST_HLS_SEGMENT_S": str(SEGMENT_S),
         "CLASSCAST_BROADCAST_STALE_S": "5",
+        "CLASSCAST_RECORDING_STALE_S": "5",
+        "CLASSCAST_RECORDING_SPOOL": str(tmp_path / "spool"),
+        "CLASSCAST_RECORDINGS_STORAGE_OPTIONS": json.dumps(store),
     }
     server = start_live_server(tmp_path, **extra)
     env = {**server.env, "CLASSCAST_SIGNALING_URL": f"ws://127.0.0.1:{server.port}"}
@@ -82,7 +93,7 @@ def stack(transactional_db, tmp_path, settings, monkeypatch) -> Iterator[Stack]:
         wait_for_port(rtmp_port, proc=procs["packager"])
         procs["worker"] = _spawn(
             "worker",
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "media", "--concurrency", "1",
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "media", "--concurrency", "2",
              "--prefetch-multiplier", "1", "-l", "INFO", "-n", f"media-{rtmp_port}@%h"],
             env, tmp_path,
         )

@@ -274,6 +274,7 @@ async def test_student_welcome(cls):
                 "hands": [],
                 "participants": [{"user_id": cls["uid"]["ben"], "name": "Ben Okafor", "role": "student", "pages": ["class"]}],
                 "broadcast": None,
+                "recording": None,
             },
             "limits": {"max_message_bytes": 64 * 1024},
             "me": {"user_id": cls["uid"]["ben"], "name": "Ben Okafor", "role": "student", "can_manage": False},

@@ -146,6 +146,8 @@ VALID = [
     ),
     ({"type": "destination.remove", "destination_id": 3}, Message("destination.remove", {"destination_id": 3}, None)),
     ({"type": "stream_key.rotate"}, Message("stream_key.rotate", {}, None)),
+    ({"type": "recording.start"}, Message("recording.start", {}, None)),
+    ({"type": "recording.stop", "id": "r1"}, Message("recording.stop", {}, "r1")),
 ]
 
 

@@ -267,7 +267,7 @@ def test_instructor_ends_a_session(cls, listener, django_capture_on_commit_callb
     assert cls.events(live)[-1] == ("session.ended", cls.uid("ada"), None)
 
     message = listener.event("session.ended")
-    assert message["state"] == {"session": None, "stage": [], "hands": [], "participants": [], "broadcast": None}
+    assert message["state"] == {"session": None, "stage": [], "hands": [], "participants": [], "broadcast": None, "recording": None}
 
     # nothing is live any more; a new session can start
     assert_refused(InvalidState, "invalid_state", lambda: session_end(classroom_id=cls.id, actor=cls.actor("ada")))
@@ -706,7 +706,7 @@ def test_every_change_is_logged_in_order(cls):
 
 
 def test_class_state_without_a_session(cls):
-    assert class_state(classroom_id=cls.id) == {"session": None, "stage": [], "hands": [], "participants": [], "broadcast": None}
+    assert class_state(classroom_id=cls.id) == {"session": None, "stage": [], "hands": [], "participants": [], "broadcast": None, "recording": None}
 
 
 def test_class_state_snapshot(cls):
@@ -732,15 +732,16 @@ def test_class_state_snapshot(cls):
     state = class_state(classroom_id=cls.id)
     live.refresh_from_db()
     ben_hand = HandRaise.objects.get(user_id=ben)
+    since = {m.user_id: m.joined_at.isoformat() if m.joined_at else None for m in StageMembership.objects.filter(session=live)}
     assert state == {
         "session": {"id": live.pk, "status": "live", "started_at": live.started_at.isoformat()},
         "stage": [
             {"user_id": ada, "name": "Ada Lovelace", "role": "instructor", "state": "on_stage",
-             "audio_muted": False, "video_muted": False},
+             "since": since[ada], "audio_muted": False, "video_muted": False},
             {"user_id": cleo, "name": "Cleo Martins", "role": "student", "state": "invited",
-             "audio_muted": False, "video_muted": False},
+             "since": None, "audio_muted": False, "video_muted": False},
             {"user_id": dev, "name": "Dev Sharma", "role": "student", "state": "on_stage",
-             "audio_muted": False, "video_muted": True},
+             "since": since[dev], "audio_muted": False, "video_muted": True},
         ],
         "hands": [
             {"user_id": ben, "name": "Ben Okafor", "role": "student", "raised_at": ben_hand.raised_at.isoformat()},
@@ -751,6 +752,7 @@ def test_class_state_snapshot(cls):
             {"user_id": cls.uid("admin"), "name": "Site Admin", "role": "staff", "pages": ["watch"]},
         ],
         "broadcast": None,
+        "recording": None,
     }
     assert Presence.objects.filter(classroom_id=cls.id).count() == 7
 

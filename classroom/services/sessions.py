@@ -45,6 +45,9 @@ def session_start(*, classroom_id: int, actor: Actor) -> LiveSession:
             session=session, user_id=actor.user_id, state=StageState.ON_STAGE, joined_at=now
         )
     event_record(session=session, kind=EventKind.SESSION_STARTED, actor_id=actor.user_id)
+    from .recordings import recording_auto_start  # recordings needs session_require_live from here
+
+    recording_auto_start(session=session)
     return session
 
 
@@ -62,5 +65,8 @@ def session_end(*, classroom_id: int, actor: Actor) -> LiveSession:
     )
     HandRaise.objects.filter(session=session, lowered_at__isnull=True).update(lowered_at=now)
     event_record(session=session, kind=EventKind.SESSION_ENDED, actor_id=actor.user_id)
+    from .recordings import recordings_session_ended
+
+    recordings_session_ended(session=session)
     media_session_end(session=session)
     return session

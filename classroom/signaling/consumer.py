@@ -23,7 +23,7 @@ from ..notify import class_group
 from ..permissions import Actor, can_manage_session, can_view_class
 from ..selectors import actor_get, chat_history, class_members, class_state, display_name, session_live_get
 from ..selectors import stage_member_muted
-from ..services import broadcast, chat, hands, sessions, stage
+from ..services import broadcast, chat, hands, recordings, sessions, stage
 from ..services.ice import ice_servers_for
 from ..services.media import media_node_for_session
 from ..services.presence import presence_enter, presence_leave
@@ -63,6 +63,8 @@ ACTIONS: dict[str, Callable[[int, Actor, dict[str, Any]], Any]] = {
         classroom_id=c, actor=a, destination_id=f["destination_id"]
     ),
     "stream_key.rotate": lambda c, a, f: broadcast.stream_key_rotate(classroom_id=c, actor=a),
+    "recording.start": lambda c, a, f: recordings.recording_start(classroom_id=c, actor=a),
+    "recording.stop": lambda c, a, f: recordings.recording_stop(classroom_id=c, actor=a),
 }
 SERVICE_ALLOWED = {"rtc.join", "rtc.answer", "rtc.candidate", "rtc.leave", "ping", "stats.report"}
 

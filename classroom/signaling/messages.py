@@ -23,6 +23,7 @@ Client -> server types and their fields:
     broadcast.layout {layout, user_id?}              grid | speaker | single (user_id: who, for single)
     destination.add {name, url} / destination.remove {destination_id}
     stream_key.rotate
+    recording.start / recording.stop                 instructor: record the session / stop
     ping
 """
 from __future__ import annotations
@@ -205,6 +206,8 @@ SCHEMAS: dict[str, dict[str, tuple[Callable[[Any], Any], bool]]] = {
     "destination.add": {"name": (_text(80, allow_empty=True), True), "url": (_text(500), True)},
     "destination.remove": {"destination_id": (_int_id, True)},
     "stream_key.rotate": {},
+    "recording.start": {},
+    "recording.stop": {},
     "ping": {},
 }
 

@@ -123,9 +123,13 @@ function render() {
   status.textContent = live ? "Live" : "Not started";
   status.className = live ? "badge live" : "badge";
   const mine = myStage();
+  const rec = s.recording;
+  show("rec-indicator", live && !!rec);  // from the moment it is asked for: people are told before, not after
   if (page === "console") {
     show("start-session", !live);
     show("end-session", live);
+    show("record-start", live && !rec);
+    show("record-stop", live && !!rec);
     renderHands();
     renderMembers();
   }
@@ -344,6 +348,8 @@ function leaveCall(tellServer) {
 const on = (id, fn) => { const b = $(id); if (b) b.addEventListener("click", fn); };
 on("start-session", () => send("session.start"));
 on("end-session", () => { if (confirm("End the class for everyone?")) send("session.end"); });
+on("record-start", () => send("recording.start"));
+on("record-stop", () => send("recording.stop"));
 on("raise-hand", () => send("hand.raise"));
 on("lower-hand", () => send("hand.lower"));
 on("accept-invite", () => send("stage.accept"));
