@@ -75,6 +75,16 @@ class DatabaseCollector:
         for status in ACTIVE_BROADCAST_STATES:
             broadcasts.add_metric([status], Broadcast.objects.filter(status=status).count())
         yield broadcasts
+        from .models import Recording, RecordingStatus
+
+        recordings = GaugeMetricFamily("classcast_recordings", "Recordings by status (incomplete: with a gap or a failure)",
+                                       labels=["status", "incomplete"])
+        for status in RecordingStatus.values:
+            for incomplete in (False, True):
+                rows = Recording.objects.filter(status=status)
+                rows = rows.exclude(problems=[]) if incomplete else rows.filter(problems=[])
+                recordings.add_metric([status, str(incomplete).lower()], rows.count())
+        yield recordings
 
 
 _registered = False

@@ -142,11 +142,12 @@ def recordings_expire() -> list[int]:
     for recording in Recording.objects.select_related("classroom").filter(
         status=RecordingStatus.PUBLISHED, expires_at__lte=timezone.now()
     ):
+        pk = recording.pk
         with transaction.atomic():
             audit_record(
                 actor=None, action="recording.expire", recording=recording,
                 detail={"class": recording.classroom.title, "expired_at": recording.expires_at.isoformat()},
             )
             _delete(recording)
-        done.append(recording.pk)
+        done.append(pk)
     return done

@@ -1,0 +1,435 @@
+"""Pins `compositor.encoded_tap` (the seam into aiortc's private receiver internals) against the installed
+aiortc, with real RTCPeerConnections on loopback: a publisher encodes a moving picture (VP8) and a sine
+(Opus), a subscriber taps its receivers. Nothing here reaches beyond 127.0.0.1 (no STUN, host candidates
+pinned to loopback)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from fractions import Fraction
+from typing import Any, Callable
+
+import aioice.ice
+import av
+import numpy as np
+import pytest
+from aiortc import (
+    MediaStreamTrack,
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpSender,
+)
+
+from compositor import CompositorError
+from compositor.encoded_tap import TapError, receiver_request_keyframe, receiver_tap
+from recorder.writer import TrackWriter, vp8_keyframe_size
+
+WIDTH, HEIGHT, FPS = 320, 240, 30
+VIDEO_CLOCK = 90_000
+VIDEO_TICKS = VIDEO_CLOCK // FPS  # RTP ticks between two published frames
+AUDIO_RATE = 48_000
+AUDIO_SAMPLES = AUDIO_RATE // 50  # 20 ms
+TIMEOUT = 10.0  # generous: a loaded machine must not fail these, they normally take well under a second
+
+
+# ---- the publisher's media ----
+
+class _PacedTrack(MediaStreamTrack):
+    """A source that hands out its n-th frame no earlier than n periods after its first."""
+
+    period = 1.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+        self._start: float | None = None
+
+    async def _next_index(self) -> int:
+        loop = asyncio.get_running_loop()
+        if self._start is None:
+            self._start = loop.time()
+        delay = self._start + self.count * self.period - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        self.count += 1
+        return self.count - 1
+
+
+class PatternVideoTrack(_PacedTrack):
+    """320x240 at 30 fps: colour ramps with a white square moving over them."""
+
+    kind = "video"
+    period = 1 / FPS
+
+    def __init__(self) -> None:
+        super().__init__()
+        y, x = np.mgrid[0:HEIGHT, 0:WIDTH]
+        self._base = np.stack(
+            [(x * 255 // WIDTH), (y * 255 // HEIGHT), np.full_like(x, 96)], axis=-1
+        ).astype(np.uint8)
+
+    async def recv(self) -> av.VideoFrame:
+        n = await self._next_index()
+        picture = self._base.copy()
+        left, top = (n * 6) % (WIDTH - 48), (n * 3) % (HEIGHT - 48)
+        picture[top : top + 48, left : left + 48] = 255
+        frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+        frame.pts = n * VIDEO_TICKS
+        frame.time_base = Fraction(1, VIDEO_CLOCK)
+        return frame
+
+
+class SineAudioTrack(_PacedTrack):
+    """20 ms frames of a 440 Hz sine, s16 mono 48 kHz."""
+
+    kind = "audio"
+    period = AUDIO_SAMPLES / AUDIO_RATE
+
+    async def recv(self) -> av.AudioFrame:
+        n = await self._next_index()
+        t = (np.arange(AUDIO_SAMPLES) + n * AUDIO_SAMPLES) / AUDIO_RATE
+        samples = (np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+        frame.sample_rate = AUDIO_RATE
+        frame.pts = n * AUDIO_SAMPLES
+        frame.time_base = Fraction(1, AUDIO_RATE)
+        return frame
+
+
+# ---- a publisher and a subscriber connected in-process ----
+
+def _ice_config() -> RTCConfiguration:
+    # An explicit empty server list: aiortc would otherwise reach for a public STUN server.
+    return RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+
+
+def _only(kind: str, mime_type: str) -> list[Any]:
+    codecs = [c for c in RTCRtpSender.getCapabilities(kind).codecs if c.mimeType.lower() == mime_type.lower()]
+    assert codecs, f"aiortc offers no {mime_type}"
+    return codecs
+
+
+@pytest.fixture
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """aioice gathers host candidates on every interface but loopback: offer 127.0.0.1 only (for this
+    test), so the two connections meet on loopback whatever the machine's interfaces are."""
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+
+
+class Call:
+    """Publisher offers (video, optionally audio, send-only), subscriber answers. `offer()` stops after
+    the subscriber applied the offer: its receivers exist but nothing is connected (the place where
+    `StageSubscriber` taps). `answer()` completes the negotiation; media then flows."""
+
+    def __init__(self, *, audio: bool = True) -> None:
+        self.video_source = PatternVideoTrack()
+        self.audio_source = SineAudioTrack() if audio else None
+        self.pub: RTCPeerConnection | None = None
+        self.sub: RTCPeerConnection | None = None
+        self.receivers: dict[str, RTCRtpReceiver] = {}
+
+    async def __aenter__(self) -> Call:
+        self.pub = RTCPeerConnection(_ice_config())
+        self.sub = RTCPeerConnection(_ice_config())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self.pub.close()
+        finally:
+            await self.sub.close()
+
+    async def offer(self) -> dict[str, RTCRtpReceiver]:
+        video = self.pub.addTransceiver(self.video_source, direction="sendonly")
+        video.setCodecPreferences(_only("video", "video/VP8"))
+        if self.audio_source is not None:
+            audio = self.pub.addTransceiver(self.audio_source, direction="sendonly")
+            audio.setCodecPreferences(_only("audio", "audio/opus"))
+        await self.pub.setLocalDescription(await self.pub.createOffer())  # candidates gathered by now
+        await self.sub.setRemoteDescription(self.pub.localDescription)
+        self.receivers = {t.kind: t.receiver for t in self.sub.getTransceivers()}
+        assert set(self.receivers) == ({"video", "audio"} if self.audio_source else {"video"})
+        return self.receivers
+
+    async def answer(self) -> None:
+        await self.sub.setLocalDescription(await self.sub.createAnswer())
+        await self.pub.setRemoteDescription(self.sub.localDescription)
+
+    def video_sender(self) -> RTCRtpSender:
+        return next(t.sender for t in self.pub.getTransceivers() if t.kind == "video")
+
+
+# ---- helpers ----
+
+class Tapped:
+    """An `on_frame` consumer that keeps everything it is handed."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[str, bytes, int, int]] = []
+
+    def __call__(self, codec: str, data: bytes, timestamp: int, clock_rate: int) -> None:
+        self.frames.append((codec, data, timestamp, clock_rate))
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def timestamps(self) -> list[int]:
+        return [f[2] for f in self.frames]
+
+    def keyframe_indexes(self, start: int = 0) -> list[int]:
+        return [i for i, f in enumerate(self.frames) if i >= start and _is_vp8_keyframe(f[1])]
+
+
+def _is_vp8_keyframe(data: bytes) -> bool:
+    return bool(data) and data[0] & 1 == 0  # RFC 6386 9.1: P bit clear
+
+
+async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class Decoded:
+    """Reads a receiving track's decoded frames in the background."""
+
+    def __init__(self, track: MediaStreamTrack) -> None:
+        self.frames: list[Any] = []
+        self._task = asyncio.ensure_future(self._run(track))
+
+    async def _run(self, track: MediaStreamTrack) -> None:
+        while True:
+            self.frames.append(await track.recv())
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+async def no_frame_within(track: MediaStreamTrack, seconds: float) -> bool:
+    task = asyncio.ensure_future(track.recv())
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return not done
+
+
+def _assert_vp8_stream(frames: list[tuple[str, bytes, int, int]]) -> None:
+    assert {f[0] for f in frames} == {"vp8"}
+    assert {f[3] for f in frames} == {VIDEO_CLOCK}
+    assert all(isinstance(f[1], bytes) and f[1] for f in frames)
+    timestamps = [f[2] for f in frames]
+    assert timestamps[0] == 0
+    steps = [b - a for a, b in zip(timestamps, timestamps[1:])]
+    # Each frame is handed over once, whole, in order: the published pts, shifted to start at 0.
+    assert all(step > 0 and step % VIDEO_TICKS == 0 for step in steps), steps
+
+
+# ---- the tests ----
+
+@pytest.mark.slow
+async def test_tap_without_decoding_delivers_encoded_vp8_and_opus_and_decodes_nothing(loopback_only: None) -> None:
+    video, audio = Tapped(), Tapped()
+    async with Call() as call:
+        receivers = await call.offer()
+        receiver_tap(receivers["video"], on_frame=video, decode=False)
+        receiver_tap(receivers["audio"], on_frame=audio, decode=False)
+        await call.answer()
+        await wait_until(lambda: len(video) >= 30 and len(audio) >= 25, "30 video and 25 audio frames")
+
+        # Nothing reaches the decoders, so the tracks never yield a frame.
+        quiet = await asyncio.gather(
+            no_frame_within(receivers["video"].track, 1.5), no_frame_within(receivers["audio"].track, 1.5)
+        )
+        assert quiet == [True, True]
+        assert len(video) > 30  # while frames kept arriving at the tap
+
+    frames = list(video.frames)
+    _assert_vp8_stream(frames)
+    assert _is_vp8_keyframe(frames[0][1])  # loopback loses nothing: the very first frame is the keyframe
+    assert vp8_keyframe_size(frames[0][1]) == (WIDTH, HEIGHT)
+    assert not _is_vp8_keyframe(frames[1][1])
+
+    packets = list(audio.frames)
+    assert {p[0] for p in packets} == {"opus"}
+    assert {p[3] for p in packets} == {AUDIO_RATE}
+    assert all(isinstance(p[1], bytes) and p[1] for p in packets)
+    timestamps = [p[2] for p in packets]
+    assert timestamps[0] == 0
+    assert all(b - a > 0 and (b - a) % AUDIO_SAMPLES == 0 for a, b in zip(timestamps, timestamps[1:]))
+    # Opus packets as sent: decodable by a fresh decoder into 20 ms at 48 kHz.
+    decoder = av.CodecContext.create("opus", "r")
+    decoded = [f for p in packets[:10] for f in decoder.decode(av.Packet(p[1]))]
+    assert decoded and all(f.sample_rate == AUDIO_RATE and f.samples == AUDIO_SAMPLES for f in decoded)
+
+
+@pytest.mark.slow
+async def test_tap_with_decoding_feeds_both_the_consumer_and_the_track(loopback_only: None) -> None:
+    video, audio = Tapped(), Tapped()
+    async with Call() as call:
+        receivers = await call.offer()
+        receiver_tap(receivers["video"], on_frame=video, decode=True)
+        receiver_tap(receivers["audio"], on_frame=audio, decode=True)
+        await call.answer()
+        video_frames = [await asyncio.wait_for(receivers["video"].track.recv(), TIMEOUT) for _ in range(10)]
+        audio_frames = [await asyncio.wait_for(receivers["audio"].track.recv(), TIMEOUT) for _ in range(10)]
+        tapped_video, tapped_audio = set(video.timestamps), set(audio.timestamps)
+
+    assert all((f.width, f.height) == (WIDTH, HEIGHT) for f in video_frames)
+    # Decoded frames carry the RTP timestamp the tap saw (aiortc sets pts from it).
+    assert [f.pts for f in video_frames] == video.timestamps[:10]
+    assert {f.pts for f in video_frames} <= tapped_video
+    assert all(f.sample_rate == AUDIO_RATE for f in audio_frames)
+    assert len(tapped_audio) >= 10
+    _assert_vp8_stream(video.frames)
+
+
+@pytest.mark.slow
+async def test_tapped_vp8_is_bit_exact_and_records_to_webm_without_reencoding(loopback_only: None, tmp_path) -> None:
+    path = tmp_path / "video.webm"
+    writer = TrackWriter(path, kind="video", codec="vp8", clock_rate=VIDEO_CLOCK)
+    video = Tapped()
+    recording = True
+
+    def on_frame(codec: str, data: bytes, timestamp: int, clock_rate: int) -> None:
+        if recording:  # as a recorder does: hand off to the writer's thread, on the loop's thread
+            video(codec, data, timestamp, clock_rate)
+            writer.write(data, timestamp=timestamp)
+
+    reader: Decoded | None = None
+    try:
+        async with Call(audio=False) as call:
+            receivers = await call.offer()
+            receiver_tap(receivers["video"], on_frame=on_frame, decode=True)
+            await call.answer()
+            reader = Decoded(receivers["video"].track)
+            await wait_until(lambda: len(video) >= 45, "45 tapped frames")
+            recording = False  # same thread as on_frame: nothing is tapped or written after this
+            tapped = list(video.frames)
+            wanted = {f[2] for f in tapped}
+            await wait_until(
+                lambda: wanted <= {f.pts for f in reader.frames}, "aiortc's decoder to catch up with the tap"
+            )
+            await reader.stop()
+    finally:
+        if reader is not None:
+            await reader.stop()
+        stats = await asyncio.to_thread(writer.close)
+
+    first_key = next(i for i, f in enumerate(tapped) if _is_vp8_keyframe(f[1]))
+    recorded = tapped[first_key:]
+    by_pts = {f.pts: f for f in reader.frames}
+
+    # A fresh FFmpeg VP8 decoder turns every tapped payload into a whole 320x240 picture, the very
+    # picture aiortc's own (libvpx) decoder made of it.
+    decoder = av.CodecContext.create("vp8", "r")
+    fresh = {}
+    for _, data, timestamp, _ in recorded:
+        packet = av.Packet(data)
+        packet.pts = timestamp
+        packet.time_base = Fraction(1, VIDEO_CLOCK)
+        fresh.update((f.pts, f) for f in decoder.decode(packet))
+    fresh.update((f.pts, f) for f in decoder.decode(None))
+    assert sorted(fresh) == [f[2] for f in recorded]
+    for pts, frame in fresh.items():
+        assert (frame.width, frame.height) == (WIDTH, HEIGHT)
+        theirs = by_pts[pts]
+        assert (theirs.width, theirs.height) == (WIDTH, HEIGHT)
+        assert np.array_equal(frame.to_ndarray(format="yuv420p"), theirs.to_ndarray(format="yuv420p")), pts
+
+    # The recording holds exactly the tapped frames, byte for byte, from the first keyframe on.
+    assert stats.error == "" and stats.opened
+    assert stats.frames == len(recorded) and stats.dropped == 0
+    assert (stats.width, stats.height) == (WIDTH, HEIGHT)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "vp8"
+        assert (stream.codec_context.width, stream.codec_context.height) == (WIDTH, HEIGHT)
+        payloads = [bytes(p) for p in container.demux(stream) if p.size]
+    assert payloads == [f[1] for f in recorded]
+    with av.open(str(path)) as container:
+        pictures = list(container.decode(video=0))
+    assert len(pictures) == len(recorded)
+    assert all((p.width, p.height) == (WIDTH, HEIGHT) for p in pictures)
+
+
+@pytest.mark.slow
+async def test_request_keyframe_sends_pli_and_a_new_keyframe_arrives(loopback_only: None) -> None:
+    video = Tapped()
+    async with Call(audio=False) as call:
+        receivers = await call.offer()
+        # Not connected: no SSRC heard yet, nothing to ask.
+        assert await receiver_request_keyframe(receivers["video"]) is False
+        receiver_tap(receivers["video"], on_frame=video, decode=False)
+        await call.answer()
+        await wait_until(lambda: len(video) >= 20, "20 tapped frames")
+        assert video.keyframe_indexes() == [0]  # kf_max_dist is 3000 frames: no keyframe of its own accord
+
+        for _ in range(2):
+            start = len(video)
+            assert await receiver_request_keyframe(receivers["video"]) is True
+            await wait_until(lambda: video.keyframe_indexes(start), "a keyframe after the PLI", timeout=5.0)
+            data = video.frames[video.keyframe_indexes(start)[0]][1]
+            assert vp8_keyframe_size(data) == (WIDTH, HEIGHT)
+    _assert_vp8_stream(video.frames)
+
+
+@pytest.mark.slow
+async def test_tapping_twice_delivers_once(loopback_only: None) -> None:
+    video, ignored = Tapped(), Tapped()
+    async with Call(audio=False) as call:
+        receivers = await call.offer()
+        receiver_tap(receivers["video"], on_frame=video, decode=True)
+        receiver_tap(receivers["video"], on_frame=video, decode=True)
+        # The first tap stays in place: a later call changes neither the consumer nor `decode`.
+        receiver_tap(receivers["video"], on_frame=ignored, decode=False)
+        await call.answer()
+        decoded = [await asyncio.wait_for(receivers["video"].track.recv(), TIMEOUT) for _ in range(15)]
+    assert len(ignored) == 0
+    _assert_vp8_stream(video.frames)  # strictly increasing: no frame handed over twice
+    pts = [f.pts for f in decoded]
+    assert pts == video.timestamps[:15]  # and the decoder got each frame once
+
+
+def test_tap_refuses_an_object_without_aiortcs_decoder_queue() -> None:
+    with pytest.raises(TapError, match="aiortc version"):
+        receiver_tap(object(), on_frame=Tapped(), decode=False)
+
+    class Moved:  # the attribute exists but is no longer a queue.Queue
+        _RTCRtpReceiver__decoder_queue = asyncio.Queue
+
+    with pytest.raises(TapError, match="aiortc version"):
+        receiver_tap(Moved(), on_frame=Tapped(), decode=True)
+    assert issubclass(TapError, CompositorError)
+
+
+@pytest.mark.slow
+async def test_a_failing_consumer_does_not_break_the_receive_path(
+    loopback_only: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls = 0
+
+    def on_frame(codec: str, data: bytes, timestamp: int, clock_rate: int) -> None:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("consumer bug")
+
+    caplog.set_level(logging.ERROR, logger="classcast.egress")
+    async with Call(audio=False) as call:
+        receivers = await call.offer()
+        receiver_tap(receivers["video"], on_frame=on_frame, decode=True)
+        await call.answer()
+        decoded = [await asyncio.wait_for(receivers["video"].track.recv(), TIMEOUT) for _ in range(15)]
+        assert call.sub.connectionState == "connected"
+    assert all((f.width, f.height) == (WIDTH, HEIGHT) for f in decoded)
+    assert calls >= 15
+    failures = [r for r in caplog.records if r.name == "classcast.egress" and "consumer failed" in r.getMessage()]
+    assert len(failures) == calls
+    assert all(r.exc_info and isinstance(r.exc_info[1], RuntimeError) for r in failures)
