@@ -214,6 +214,29 @@ def recording_retry(request: HttpRequest, recording_id: int) -> HttpResponse:
 
 
 @login_required
+@require_POST
+def class_recording_settings(request: HttpRequest, classroom_id: int) -> HttpResponse:
+    """The console's recording policy form (auto-record, retention)."""
+    from .selectors import actor_get
+    from .services.recordings import classroom_recording_settings_set
+
+    actor = actor_get(user=request.user, classroom_id=classroom_id)
+    raw_days = request.POST.get("retention_days", "").strip()
+    if raw_days and not raw_days.isdigit():
+        return HttpResponseBadRequest("Retention must be a whole number of days.")
+    try:
+        classroom_recording_settings_set(
+            classroom_id=classroom_id, actor=actor, auto_record=request.POST.get("auto_record") == "on",
+            retention_days=int(raw_days) if raw_days else None,
+        )
+    except NotAllowed as exc:
+        raise PermissionDenied(str(exc)) from None
+    except InvalidState as exc:
+        return HttpResponseBadRequest(str(exc))
+    return redirect("classroom:console", classroom_id)
+
+
+@login_required
 @require_GET
 def audit_log(request: HttpRequest) -> HttpResponse:
     if not request.user.is_staff:

@@ -12,6 +12,8 @@ urlpatterns = [
     path("api/classes/<int:classroom_id>/ice-servers/", views.ice_servers, name="ice_servers"),
     path("api/classes/<int:classroom_id>/broadcast/", views.broadcast_status, name="broadcast_status"),
     path("hls/classes/<int:classroom_id>/<str:name>", hls_views.hls_file, name="hls"),
+    path("classes/<int:classroom_id>/recording-settings/", recording_views.class_recording_settings,
+         name="class_recording_settings"),
     path("recordings/", recording_views.recordings_list, name="recordings"),
     path("recordings/audit/", recording_views.audit_log, name="audit_log"),
     path("recordings/<int:recording_id>/", recording_views.recording_detail, name="recording_detail"),

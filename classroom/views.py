@@ -39,7 +39,8 @@ def _page(request: HttpRequest, classroom_id: int, *, page: str, template: str) 
     return render(
         request,
         template,
-        {"classroom": classroom, "actor": actor, "page": page, "can_manage": can_manage_session(actor)},
+        {"classroom": classroom, "actor": actor, "page": page, "can_manage": can_manage_session(actor),
+         "default_retention_days": settings.CLASSCAST_RECORDING_RETENTION_DAYS},
     )
 
 

@@ -216,3 +216,18 @@ def test_recordings_list_filters(world):
     assert marker in client.get(f"/recordings/?from={today}&to={today}").content
     assert marker not in client.get(f"/recordings/?from={today + timedelta(days=1)}").content
     assert client.get("/recordings/?from=not-a-date&q=" + "x" * 500).status_code == 200
+
+
+def test_instructor_sets_the_class_recording_policy(world):
+    users, classroom = world["users"], world["classroom"]
+    url = f"/classes/{classroom.pk}/recording-settings/"
+    assert client_for(users["ben"]).post(url, {"auto_record": "on", "retention_days": "7"}).status_code == 403
+    assert client_for(users["olga"]).post(url, {"auto_record": "on"}).status_code == 403
+    assert client_for(users["ada"]).post(url, {"retention_days": "-3"}).status_code == 400
+    assert client_for(users["ada"]).post(url, {"retention_days": "99999"}).status_code == 400
+    assert client_for(users["ada"]).post(url, {"auto_record": "on", "retention_days": "7"}).status_code == 302
+    classroom.refresh_from_db()
+    assert classroom.auto_record and classroom.recording_retention_days == 7
+    client_for(users["ada"]).post(url, {"retention_days": ""})
+    classroom.refresh_from_db()
+    assert not classroom.auto_record and classroom.recording_retention_days is None

@@ -17,6 +17,7 @@ from django.utils import timezone
 from ..errors import InvalidState, NotAllowed
 from ..models import (
     ACTIVE_RECORDING_STATES,
+    Classroom,
     EventKind,
     FileRole,
     LiveSession,
@@ -266,3 +267,17 @@ def _gap_start(recording: Recording, *, reason: str) -> None:
     at = offset_ms(recording, recording.heartbeat_at or timezone.now())
     recording.gaps = [*recording.gaps, {"start_ms": at, "end_ms": None, "reason": reason}]
     recording.problems = [*recording.problems, f"Recording cut short at {at // 60000}:{at // 1000 % 60:02d}: {reason}."]
+
+
+@transaction.atomic
+def classroom_recording_settings_set(
+    *, classroom_id: int, actor: Actor, auto_record: bool, retention_days: int | None
+) -> None:
+    """The class's recording policy: record every session from its start, and how long to keep
+    recordings (None: the site default). Applies to recordings published from now on."""
+    if not can_record(actor):
+        raise NotAllowed("only the class instructor sets the class's recording policy")
+    if retention_days is not None and not 1 <= retention_days <= 3650:
+        raise InvalidState("keep recordings between 1 and 3650 days, or leave it empty for the site default")
+    Classroom.objects.filter(pk=classroom_id).update(auto_record=auto_record, recording_retention_days=retention_days)
+    log.info("recording policy set", extra={"class_id": classroom_id, "user_id": actor.user_id})
