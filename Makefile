@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(PY) bench/join_time.py
 	$(PY) bench/compositor.py
 	$(PY) bench/hls_ingest.py
+	$(PY) bench/recorder.py
 
 clean:
 	rm -rf $(VENV) var

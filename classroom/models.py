@@ -344,6 +344,15 @@ class Recording(models.Model):
     def complete(self) -> bool:
         return not self.problems
 
+    @property
+    def duration_text(self) -> str:
+        """h:mm:ss (or m:ss) for lists; empty until known."""
+        if self.duration_ms is None:
+            return ""
+        seconds = self.duration_ms // 1000
+        hours, rest = divmod(seconds, 3600)
+        return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
 
 class FileRole(models.TextChoices):
     TRACK = "track", "Track"

@@ -100,6 +100,30 @@ def detect_freeze(*, path: Path, ffmpeg: str, min_s: float = 2.0, noise_db: floa
     return _closed(parse_freezedetect(log, end_s=end_s), end_s=end_s)
 
 
+@dataclass(frozen=True)
+class VideoFindings:
+    black: list[Interval]
+    frozen: list[Interval]
+
+
+def detect_video(
+    *, path: Path, ffmpeg: str, black_s: float = 2.0, frozen_s: float = 2.0, pix_th: float = 0.10, noise_db: float = -60
+) -> VideoFindings:
+    """blackdetect and freezedetect chained in ONE ffmpeg pass: the video is decoded once, not twice
+    (decoding is nearly all of post-processing's cost). Same detectors, same parsers as above."""
+    stream = (
+        ffmpeg_python.input(str(path)).video
+        .filter("blackdetect", d=black_s, pix_th=pix_th)
+        .filter("freezedetect", n=f"{noise_db}dB", d=frozen_s)
+    )
+    log = _run(stream, path=path, ffmpeg=ffmpeg, what="blackdetect+freezedetect")
+    end_s = log_end_s(log)
+    return VideoFindings(
+        black=_closed(parse_blackdetect(log), end_s=end_s),
+        frozen=_closed(parse_freezedetect(log, end_s=end_s), end_s=end_s),
+    )
+
+
 def detect_silence(*, path: Path, ffmpeg: str, min_s: float = 3.0, noise_db: float = -50) -> list[Interval]:
     """Intervals of at least `min_s` below `noise_db` (FFmpeg's silencedetect, all channels together)."""
     stream = ffmpeg_python.input(str(path)).audio.filter("silencedetect", n=f"{noise_db}dB", d=min_s)

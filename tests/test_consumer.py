@@ -433,6 +433,8 @@ async def test_denied_actions_during_a_live_session(cls):
             {"type": "stage.invite", "user_id": cls["uid"]["ben"]},
             {"type": "hand.lower", "user_id": cls["uid"]["cleo"]},
             {"type": "stage.mute", "kind": "audio", "muted": True, "user_id": cls["uid"]["ada"]},
+            {"type": "recording.start"},
+            {"type": "recording.stop"},
         ):
             before = await sample("classcast_actions_denied_total", {"action": frame["type"]})
             await ben.send(**frame, id="d")

@@ -22,6 +22,7 @@ from recorder.qc import (
     detect_black,
     detect_freeze,
     detect_silence,
+    detect_video,
     parse_blackdetect,
     parse_freezedetect,
     parse_silencedetect,
@@ -181,6 +182,16 @@ def test_detect_freeze_finds_the_frozen_interval(media, ffmpeg):
 def test_detect_freeze_closes_a_freeze_at_the_end_of_the_file(media, ffmpeg):
     found = detect_freeze(path=media["frozen_end"], ffmpeg=ffmpeg)
     assert near(found, 5.0, 8.0), found
+
+
+def test_detect_video_runs_both_detectors_in_one_pass(media, ffmpeg):
+    black = detect_video(path=media["black"], ffmpeg=ffmpeg)
+    assert near(black.black, 2.0, 5.0), black  # a black stretch is a still picture too
+    frozen = detect_video(path=media["frozen"], ffmpeg=ffmpeg)
+    assert frozen.black == [] and near(frozen.frozen, 2.0, 5.0), frozen
+    clean = detect_video(path=media["clean"], ffmpeg=ffmpeg)
+    assert clean.black == [] and clean.frozen == []
+    assert detect_video(path=media["black"], ffmpeg=ffmpeg, black_s=4.0).black == []
 
 
 def test_detect_silence_finds_the_silent_interval(media, ffmpeg):

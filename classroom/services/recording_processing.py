@@ -36,7 +36,7 @@ from recorder.manifest import (
 )
 from recorder.probe import media_probe
 from recorder.program import program_copy, program_export_mp4, program_segments_select
-from recorder.qc import QcThresholds, QcTrackInput, detect_black, detect_freeze, detect_silence, qc_evaluate
+from recorder.qc import QcThresholds, QcTrackInput, detect_silence, detect_video, qc_evaluate
 from recorder.thumbnails import thumbnail_make
 
 from ..models import ChatMessage, EventKind, FileRole, Recording, RecordingFile, RecordingStatus, SessionEvent
@@ -207,8 +207,10 @@ def _qc(recording: Recording) -> None:
         readable = path.exists() and row.duration_ms is not None
         black = frozen = silent = []
         if readable and row.kind == "video" and (row.frames or 0) > 0:
-            black = detect_black(path=path, ffmpeg=binary, min_s=thresholds.black_s)
-            frozen = detect_freeze(path=path, ffmpeg=binary, min_s=thresholds.frozen_s)
+            found = detect_video(path=path, ffmpeg=binary, black_s=thresholds.black_s, frozen_s=thresholds.frozen_s)
+            black = found.black
+            # a black stretch is also a still one: say it once, as black
+            frozen = [f for f in found.frozen if not any(b.start_s <= f.start_s + 0.5 and f.end_s <= b.end_s + 0.5 for b in black)]
         elif readable and row.kind == "audio" and (row.frames or 0) > 0:
             silent = detect_silence(path=path, ffmpeg=binary, min_s=thresholds.silence_s)
         inputs.append(QcTrackInput(
