@@ -144,6 +144,14 @@ def recording_detail(request: HttpRequest, recording_id: int) -> HttpResponse:
 
 @login_required
 @require_GET
+def recording_review_links(request: HttpRequest, recording_id: int) -> JsonResponse:
+    """Fresh signed links for the review page's players (theirs expire while the page stays open)."""
+    recording = _require(access.recording_require_view, user=request.user, recording_id=recording_id)
+    return JsonResponse(review_data(request, recording))
+
+
+@login_required
+@require_GET
 def recording_status(request: HttpRequest, recording_id: int) -> JsonResponse:
     recording = _require(access.recording_require_view, user=request.user, recording_id=recording_id)
     return JsonResponse({"id": recording.pk, "status": recording.status, "progress": recording.progress,

@@ -18,6 +18,7 @@ urlpatterns = [
     path("recordings/audit/", recording_views.audit_log, name="audit_log"),
     path("recordings/<int:recording_id>/", recording_views.recording_detail, name="recording_detail"),
     path("recordings/<int:recording_id>/status/", recording_views.recording_status, name="recording_status"),
+    path("recordings/<int:recording_id>/review.json", recording_views.recording_review_links, name="recording_review"),
     path("recordings/<int:recording_id>/files/<path:name>", recording_views.recording_file, name="recording_file"),
     path("recordings/<int:recording_id>/share/", recording_views.recording_share, name="recording_share"),
     path("recordings/<int:recording_id>/delete/", recording_views.recording_delete, name="recording_delete"),

@@ -231,3 +231,12 @@ def test_instructor_sets_the_class_recording_policy(world):
     client_for(users["ada"]).post(url, {"retention_days": ""})
     classroom.refresh_from_db()
     assert not classroom.auto_record and classroom.recording_retention_days is None
+
+
+def test_review_page_gets_fresh_player_links(world):
+    users, recording = world["users"], world["recording"]
+    data = client_for(users["ada"]).get(f"/recordings/{recording.pk}/review.json").json()
+    assert data["program"]["start_ms"] == 0 and data["tracks"][0]["start_ms"] == 1000
+    assert [e["offset_ms"] for e in data["events"]] == [2000, 3500]
+    assert Client().get(data["program"]["url"]).status_code == 200
+    assert client_for(users["olga"]).get(f"/recordings/{recording.pk}/review.json").status_code == 403

@@ -14,7 +14,23 @@ const players = [];
 function addPlayer(el, spec, label) {
   el.src = spec.url;
   el.preload = "auto";
+  el.addEventListener("error", refreshLinks);
   players.push({ el, start: spec.start_ms, end: spec.end_ms, label });
+}
+
+// Signed links are short-lived; a player whose link expired while the page stayed open gets a fresh
+// one (at most every few seconds), and everything is put back where it was.
+let refreshedAt = 0;
+async function refreshLinks() {
+  if (performance.now() - refreshedAt < 5000) return;
+  refreshedAt = performance.now();
+  const response = await fetch(`/recordings/${data.id}/review.json`, { credentials: "same-origin" });
+  if (!response.ok) return;
+  const fresh = await response.json();
+  const urls = new Map(fresh.tracks.map((t) => [t.name, t.url]));
+  if (fresh.program) urls.set("program", fresh.program.url);
+  for (const p of players) if (urls.has(p.label)) p.el.src = urls.get(p.label);
+  seek(position);
 }
 
 if (data.program) addPlayer($("program-player"), data.program, "program");
