@@ -27,6 +27,8 @@ class Subscriber(Protocol):
 
     async def close(self) -> None: ...
 
+    async def leave(self, running: "asyncio.Future[None]") -> None: ...
+
 
 def stage_participants(state: dict[str, Any], tracks: dict[str, StageTrack]) -> list[Participant]:
     """Who the program shows, in stage order: members on stage per the class state, then anyone whose
@@ -76,13 +78,7 @@ class StageCompositor:
                 task.cancel()
             await asyncio.gather(*(task for _, task in self._readers.values()), return_exceptions=True)
             self._readers.clear()
-            if not joined.done():
-                with contextlib.suppress(Exception):
-                    await self.subscriber.close()
-                try:
-                    await asyncio.wait_for(asyncio.shield(joined), 5.0)
-                except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - we are leaving anyway
-                    joined.cancel()
+            await self.subscriber.leave(joined)
         if not self._stopping.is_set():
             joined.result()  # the connection closed by itself: raise what closed it
 

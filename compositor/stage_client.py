@@ -8,6 +8,7 @@ in any process on any machine, and the media node does not care (as LiveKit Egre
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from dataclasses import dataclass
@@ -92,6 +93,19 @@ class StageSubscriber:
             self._ws = None
             if self.pc is not None:
                 await self.pc.close()
+
+    async def leave(self, running: "asyncio.Future[None]", *, timeout_s: float = 5.0) -> None:
+        """End `running` (this subscriber's `run()`) politely: rtc.leave, then wait for the peer
+        connection to close by itself. Cancelling aiortc mid-close leaves it waiting on events nobody
+        sets; cancelling is the last resort, after `timeout_s`."""
+        if running.done():
+            return
+        with contextlib.suppress(Exception):
+            await self.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(running), timeout_s)
+        except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - we are leaving anyway
+            running.cancel()
 
     async def close(self) -> None:
         if self._ws is not None:

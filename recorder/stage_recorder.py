@@ -118,13 +118,7 @@ class StageRecorder:
                 self._end(mid)
             if self._closing:
                 await asyncio.gather(*self._closing, return_exceptions=True)
-            if not joined.done():
-                with contextlib.suppress(Exception):
-                    await self.subscriber.close()
-                try:
-                    await asyncio.wait_for(asyncio.shield(joined), 5.0)
-                except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - we are leaving anyway
-                    joined.cancel()
+            await self.subscriber.leave(joined)
         if not self._stopping.is_set():
             joined.result()
 

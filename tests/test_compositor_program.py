@@ -20,7 +20,7 @@ from compositor.egress import StageCompositor, stage_participants
 from compositor.layout import layout_compute
 from compositor.nametag import card_color, rgb_to_yuv
 from compositor.program import Program
-from compositor.stage_client import StageConnectionError, StageTrack
+from compositor.stage_client import StageConnectionError, StageSubscriber, StageTrack
 
 COLORS = {1: (220, 40, 40), 2: (40, 200, 60), 3: (40, 60, 220)}
 STAGE = [Participant(1, "Ada Lovelace", "instructor"), Participant(2, "Ben Bitdiddle"), Participant(3, "Cleo")]
@@ -278,6 +278,9 @@ class FakeSubscriber:
 
     async def close(self) -> None:
         self.closed.set()
+
+    async def leave(self, running: asyncio.Future) -> None:
+        await StageSubscriber.leave(self, running)  # the real leaving logic over this socket-less double
 
 
 def test_stage_participants_follow_the_class_state_and_tracks():
