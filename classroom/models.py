@@ -157,6 +157,7 @@ class EventKind(models.TextChoices):
     BROADCAST_FAILED = "broadcast.failed"
     LAYOUT = "broadcast.layout"
     RECORDING_STARTED = "recording.started"
+    RECORDING_LIVE = "recording.live"
     RECORDING_STOPPED = "recording.stopped"
     RECORDING_INTERRUPTED = "recording.interrupted"
 

@@ -85,6 +85,12 @@ def review_data(request: HttpRequest, recording: Recording) -> dict[str, Any]:
     manifest = recording.manifest or {}
     program = next((f for f in files if f.role == FileRole.PROGRAM), None)
     tracks = [f for f in files if f.role == FileRole.TRACK and f.frames]
+    thumbs = {f.name for f in files if f.role == FileRole.THUMBNAIL}
+
+    def poster(track: RecordingFile) -> str:
+        name = f"thumbs/{track.name.rsplit('/', 1)[-1].rsplit('.', 1)[0]}.jpg"
+        return _file_url(request, recording, name, download=False) if name in thumbs else ""
+
     return {
         "id": recording.pk,
         "duration_ms": recording.duration_ms or 0,
@@ -96,7 +102,7 @@ def review_data(request: HttpRequest, recording: Recording) -> dict[str, Any]:
         "tracks": [
             {"name": f.name, "label": f"{f.participant_name} · {f.kind}", "kind": f.kind, "user_id": f.user_id,
              "start_ms": f.start_ms, "end_ms": f.end_ms if f.end_ms is not None else f.start_ms + (f.duration_ms or 0),
-             "url": _file_url(request, recording, f.name, download=False)}
+             "url": _file_url(request, recording, f.name, download=False), "poster": poster(f)}
             for f in tracks
         ],
         "events": [

@@ -146,8 +146,8 @@ def _program(recording: Recording) -> None:
     """The broadcast's HLS segments within the recording, as a VOD playlist and one MP4 (remuxed)."""
     folder = settings.CLASSCAST_HLS_ROOT / session_folder(classroom_id=recording.classroom_id, session_id=recording.session_id)
     archive = folder / "archive.m3u8"
-    if not archive.exists() or not recording.session.broadcasts.exists():
-        return  # not broadcast while recording: no program
+    if not archive.exists():
+        return  # nothing was broadcast (compositor or OBS) in this session: no program
     text = archive.read_text(encoding="utf-8")
     segments = program_segments_select(playlist_text=text, start=recording.started_at, end=recording.stopped_at)
     if not segments:

@@ -181,10 +181,13 @@ def recording_heartbeat(
     recording.heartbeat_at = timezone.now()
     recording.stats = stats
     fields = ["heartbeat_at", "stats"]
-    if joined and recording.status == RecordingStatus.STARTING:
+    became_live = joined and recording.status == RecordingStatus.STARTING
+    if became_live:
         recording.status = RecordingStatus.RECORDING
         fields.append("status")
     recording.save(update_fields=fields)
+    if became_live:  # the indicator turns from "starting" to recording, on every page
+        event_record(session=recording.session, kind=EventKind.RECORDING_LIVE, data={"id": recording.pk})
     ended = recording.session.status != "live"
     return {"stop": recording.stop_requested or ended, "reason": "session ended" if ended else "stop requested"}
 

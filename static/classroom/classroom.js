@@ -107,6 +107,8 @@ const handRaised = () => app.me && app.state.hands.some((h) => h.user_id === app
 function announce(ev) {
   const me = app.me && app.me.user_id;
   if (ev.kind === "session.ended") banner("The class has ended.", "info");
+  if (ev.kind === "recording.started") banner("The instructor started recording this session.", "info");
+  if (ev.kind === "recording.stopped") banner("Recording stopped.", "info");
   if (ev.kind === "stage.invited" && ev.subject_id === me && page === "class") banner("You are invited on stage.", "ok");
   if (ev.kind === "stage.muted" && ev.subject_id === me && ev.actor_id !== me && ev.data.muted) {
     app.call && app.call.setEnabled(ev.data.kind, false);
@@ -125,6 +127,11 @@ function render() {
   const mine = myStage();
   const rec = s.recording;
   show("rec-indicator", live && !!rec);  // from the moment it is asked for: people are told before, not after
+  if (rec) {
+    const note = { recording: "", restarting: " · reconnecting" }[rec.status] ?? " · starting";
+    $("rec-indicator").textContent = `● REC${note}`;
+    $("rec-indicator").title = rec.status === "recording" ? "This session is being recorded" : `Recording: ${rec.status}`;
+  }
   if (page === "console") {
     show("start-session", !live);
     show("end-session", live);

@@ -41,6 +41,7 @@ for (const t of data.tracks) {
   el.controls = false;
   el.playsInline = true;
   if (t.kind === "video") el.muted = true; // sound comes from the program (or the audio tracks)
+  if (t.poster) el.poster = t.poster;
   else el.muted = !!data.program;
   const caption = document.createElement("figcaption");
   caption.textContent = `${t.label} (${clock(t.start_ms)}–${clock(t.end_ms)})`;
