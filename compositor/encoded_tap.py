@@ -1,4 +1,9 @@
-"""The one seam into aiortc's receiver (aiortc 1.16, pinned): encoded frames on their way to the decoder.
+"""The seams into aiortc (1.16, pinned) that forwarding and recording need, all in this one module.
+
+1. Receiver: encoded frames on their way to the decoder (`receiver_tap`).
+2. Receiver: RTCP it sends - the REMB it tells the publisher is capped (`receiver_remb_cap`).
+3. Sender: RTCP it receives - keyframe requests and REMB reach us (`sender_feedback_tap`); aiortc
+   would only act on them for frames it encodes itself, and a forwarding sender encodes nothing.
 
 aiortc has no public API for received encoded media. `RTCRtpReceiver` reassembles RTP packets into
 whole encoded frames (a `JitterFrame`: the depacketized payload - a VP8 frame, an H.264 Annex B access
@@ -8,13 +13,16 @@ frame goes to `on_frame` first (on the event loop's thread, so it must only hand
 decoder only when `decode` is true. A recorder that only writes files therefore decodes nothing.
 
 If an aiortc upgrade moves the queue, `receiver_tap` raises `TapError` instead of silently recording
-nothing; `tests/test_encoded_tap.py` pins the behaviour against the installed version.
+nothing; `tests/test_encoded_tap.py` and `tests/test_sfu.py` pin the behaviour against the installed
+version.
 """
 from __future__ import annotations
 
 import logging
 import queue
 from typing import Any, Callable
+
+from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket, pack_remb_fci, unpack_remb_fci
 
 from . import CompositorError
 
@@ -61,3 +69,57 @@ async def receiver_request_keyframe(receiver: Any) -> bool:
     for ssrc in sources:
         await receiver._send_rtcp_pli(ssrc)  # noqa: SLF001 - part of the same documented seam
     return bool(sources)
+
+
+def sender_feedback_tap(
+    sender: Any, *, on_keyframe_request: Callable[[], None], on_remb: Callable[[int], None]
+) -> None:
+    """Take this sender's incoming PLI/FIR and REMB for ourselves (everything else - receiver reports,
+    NACKs answered from its packet history - stays aiortc's). Idempotent."""
+    original = getattr(sender, "_handle_rtcp_packet", None)
+    if original is None or not hasattr(sender, "_ssrc"):
+        raise TapError("aiortc's RTCRtpSender has no RTCP handler to tap; check the pinned aiortc version")
+    if getattr(sender, _TAPPED, False):
+        return
+
+    async def handle(packet: Any) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+            on_keyframe_request()
+            return
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            except ValueError:
+                return
+            if sender._ssrc in ssrcs:  # noqa: SLF001 - part of this seam
+                on_remb(bitrate)
+            return
+        await original(packet)
+
+    sender._handle_rtcp_packet = handle  # noqa: SLF001
+    setattr(sender, _TAPPED, True)
+
+
+def receiver_remb_cap(receiver: Any, *, cap: Callable[[], int | None]) -> None:
+    """The REMB this receiver sends its publisher says at most `cap()` bits/s (None: no cap), so the
+    publisher's encoder follows the weakest subscriber as well as this node's own link. Idempotent."""
+    original = getattr(receiver, "_send_rtcp", None)
+    if original is None:
+        raise TapError("aiortc's RTCRtpReceiver has no RTCP sender to tap; check the pinned aiortc version")
+    if getattr(receiver, _TAPPED + "_remb", False):
+        return
+
+    async def send(packet: Any) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            except ValueError:
+                bitrate, ssrcs = 0, []
+            limit = cap()
+            if ssrcs and limit is not None and limit < bitrate:
+                packet = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=packet.ssrc, media_ssrc=packet.media_ssrc,
+                                        fci=pack_remb_fci(limit, ssrcs))
+        await original(packet)
+
+    receiver._send_rtcp = send  # noqa: SLF001
+    setattr(receiver, _TAPPED + "_remb", True)

@@ -167,6 +167,9 @@ CLASSCAST_MEDIA_NODE_HEARTBEAT_S = env_int("CLASSCAST_MEDIA_NODE_HEARTBEAT_S", 5
 CLASSCAST_MEDIA_NODE_CAPACITY = env_int("CLASSCAST_MEDIA_NODE_CAPACITY", 12)  # stage members per node
 CLASSCAST_MEDIA_NODE_METRICS_PORT = env_int("CLASSCAST_MEDIA_NODE_METRICS_PORT", 0)
 CLASSCAST_STAGE_LIMIT = env_int("CLASSCAST_STAGE_LIMIT", 9)
+# The video codec every stage connection negotiates: the node forwards frames as they are, so all
+# publishers and subscribers share one. vp8 (every browser) or h264.
+CLASSCAST_VIDEO_CODEC = env_str("CLASSCAST_VIDEO_CODEC", "vp8")
 # Service tokens (egress workers joining as hidden subscribers).
 CLASSCAST_SERVICE_TOKEN_TTL_S = env_int("CLASSCAST_SERVICE_TOKEN_TTL_S", 300)
 # /metrics is open unless a bearer token is set (scrape it from the internal network).

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 class Client:
     """A stand-in for a browser: answers the node's offers on a publish and a subscribe connection."""
 
-    def __init__(self, room: Room, peer_id: str, *, publish: bool) -> None:
+    def __init__(self, room: Room, peer_id: str, *, publish: bool, make_track=None) -> None:
+        self.make_track = make_track or (lambda kind: AudioStreamTrack() if kind == "audio" else VideoStreamTrack())
         self.room = room
         self.peer_id = peer_id
         self.publish = publish
@@ -25,6 +26,7 @@ class Client:
         self.tracks: dict[str, dict[str, Any]] = {}
         self.messages: list[dict[str, Any]] = []
         self.offers = 0
+        self.on_subscribe_offer = None  # called with the subscribe connection after each offer is applied
 
     async def deliver(self, message: dict[str, Any]) -> None:
         self.messages.append(message)
@@ -40,11 +42,12 @@ class Client:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=message["sdp"], type="offer"))
         if name == "publish":
             for transceiver in pc.getTransceivers():
-                track = AudioStreamTrack() if transceiver.kind == "audio" else VideoStreamTrack()
-                transceiver.sender.replaceTrack(track)
+                transceiver.sender.replaceTrack(self.make_track(transceiver.kind))
                 transceiver.direction = "sendonly"
         else:
             self.tracks = message["tracks"]
+            if self.on_subscribe_offer is not None:
+                self.on_subscribe_offer(pc)
         await pc.setLocalDescription(await pc.createAnswer())
         async with self.room.lock:
             await self.room.answer(self.peer_id, name, pc.localDescription.sdp)
@@ -84,8 +87,12 @@ def room_and_clients():
     return room, clients
 
 
-async def join(room: Room, clients: dict[str, Client], peer_id: str, user_id: int, *, publish: bool = True) -> Client:
-    client = clients[peer_id] = Client(room, peer_id, publish=publish)
+async def join(
+    room: Room, clients: dict[str, Client], peer_id: str, user_id: int, *, publish: bool = True, make_track=None,
+    on_subscribe_offer=None,
+) -> Client:
+    client = clients[peer_id] = Client(room, peer_id, publish=publish, make_track=make_track)
+    client.on_subscribe_offer = on_subscribe_offer
     async with room.lock:
         await room.join(
             PeerSpec(peer_id=peer_id, session_id=1, user_id=user_id, name=f"user {user_id}", role="student", publish=publish)

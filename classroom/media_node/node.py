@@ -134,7 +134,10 @@ class MediaNode:
             return None
         room = self.rooms.get(session_id)
         if room is None and create:
-            room = self.rooms[session_id] = Room(session_id=session_id, rtc_config=self.rtc_config, send=self.layer.send)
+            room = self.rooms[session_id] = Room(
+                session_id=session_id, rtc_config=self.rtc_config, send=self.layer.send,
+                video_codec=settings.CLASSCAST_VIDEO_CODEC,
+            )
         return room
 
     async def _error(self, channel: str, code: str, text: str) -> None:

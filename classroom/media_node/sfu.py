@@ -7,11 +7,13 @@ offers, so there is never glare:
   Negotiated once and never again: aiortc 1.16's receivers stop decoding video after a renegotiation
   of their connection (measured: the decoder gets no frames once the answer to a re-offer applies).
 * `subscribe`: one `sendonly` transceiver per track of every other publisher. Stage changes re-offer
-  it; a transceiver freed by a leaving publisher is re-used through its `SwitchableTrack`, and a
+  it; a transceiver freed by a leaving publisher is re-used through its `ForwardTrack`, and a
   re-offer asked for mid-negotiation follows the answer.
 
-Media goes through aiortc's MediaRelay (decode once per publisher, encode per subscriber) until
-forwarding without re-encoding replaces it.
+Media is forwarded without decoding or re-encoding (`forwarding.py`): the publish receivers' encoded
+frames are tapped before aiortc's decoder and handed, as packets, to every subscriber's sender. One
+video codec (`video_codec`, VP8 by default, or H.264) is negotiated on every connection, so any
+publisher's frames fit any subscriber's transceiver.
 """
 from __future__ import annotations
 
@@ -25,22 +27,22 @@ from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
     RTCPeerConnection,
+    RTCRtpSender,
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
-from aiortc.contrib.media import MediaRelay
-from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 
+from compositor.encoded_tap import receiver_remb_cap, receiver_request_keyframe, receiver_tap, sender_feedback_tap
+
 from .. import metrics
-from .tracks import GateTrack, NodeClockTrack, SwitchableTrack
+from .forwarding import ForwardTrack, PublishedTrack
 
 log = logging.getLogger("classcast.sfu")
 
 Send = Callable[[str, dict[str, Any]], Awaitable[None]]
 KINDS = ("audio", "video")
 SETUP_TIMEOUT_S = 30.0
-STATS_INTERVAL_S = 5.0
 
 
 class MediaNodeError(Exception):
@@ -78,13 +80,15 @@ class Peer:
     spec: PeerSpec
     pub: RTCPeerConnection | None = None
     sub: RTCPeerConnection | None = None
-    published: dict[str, MediaStreamTrack] = field(default_factory=dict)
+    # What this member publishes, per kind, once its track arrived (sources[kind] exists from the offer).
+    published: dict[str, PublishedTrack] = field(default_factory=dict)
+    sources: dict[str, PublishedTrack] = field(default_factory=dict)
     publish_transceivers: dict[str, RTCRtpTransceiver] = field(default_factory=dict)
     outbound: dict[tuple[str, str], RTCRtpTransceiver] = field(default_factory=dict)
     # Our own handle on each subscribe sender's source: aiortc drops sender.track when it stops.
-    switches: dict[RTCRtpTransceiver, SwitchableTrack] = field(default_factory=dict)
-    gates: dict[str, GateTrack] = field(default_factory=dict)
+    switches: dict[RTCRtpTransceiver, ForwardTrack] = field(default_factory=dict)
     muted: set[str] = field(default_factory=set)
+    frames_prev: dict[str, tuple[float, int]] = field(default_factory=dict)
     negotiating: bool = False
     pending: bool = False
     connected: bool = False
@@ -103,11 +107,11 @@ class Peer:
 class Room:
     """Every peer connection of one live session on this node."""
 
-    def __init__(self, *, session_id: int, rtc_config: RTCConfiguration, send: Send) -> None:
+    def __init__(self, *, session_id: int, rtc_config: RTCConfiguration, send: Send, video_codec: str = "vp8") -> None:
         self.session_id = session_id
         self.rtc_config = rtc_config
         self.send = send
-        self.relay = MediaRelay()
+        self.codecs = {"audio": codec_preferences("audio", "opus"), "video": codec_preferences("video", video_codec)}
         self.peers: dict[str, Peer] = {}
         # FIFO: signaling for one room is applied in arrival order (answer before its candidates).
         self.lock = asyncio.Lock()
@@ -130,7 +134,16 @@ class Room:
             pub = peer.pub = self._new_pc(peer, PUBLISH)
             pub.on("track", lambda track: self._on_track(peer, track))
             for kind in KINDS:
-                peer.publish_transceivers[kind] = pub.addTransceiver(kind, direction="recvonly")
+                transceiver = peer.publish_transceivers[kind] = pub.addTransceiver(kind, direction="recvonly")
+                transceiver.setCodecPreferences(self.codecs[kind])
+                source = peer.sources[kind] = PublishedTrack(
+                    kind, muted=kind in peer.muted,
+                    request_keyframe=lambda r=transceiver.receiver: receiver_request_keyframe(r),
+                )
+                # The node decodes nothing: frames go from the receiver straight to the subscribers.
+                receiver_tap(transceiver.receiver, on_frame=source.on_frame, decode=False)
+                if kind == "video":
+                    receiver_remb_cap(transceiver.receiver, cap=source.remb_cap)
             await pub.setLocalDescription(await pub.createOffer())
             await self._send_safely(
                 spec.peer_id, {"type": "media.offer", "pc": PUBLISH, "sdp": pub.localDescription.sdp, "tracks": {}}
@@ -193,7 +206,9 @@ class Room:
             if self._detach(other, peer_id):
                 self._schedule(self._negotiate_locked(other))
         for switch in peer.switches.values():
-            switch.stop()  # and with it the relay proxy it carries
+            switch.stop()
+        for source in peer.sources.values():
+            source.end()
         for task in peer.tasks:
             task.cancel()
         if not peer.connected:
@@ -209,8 +224,8 @@ class Room:
         for peer in self.peers.values():
             if peer.spec.user_id == user_id and peer.spec.publish:
                 (peer.muted.add if muted else peer.muted.discard)(kind)
-                if kind in peer.gates:
-                    peer.gates[kind].muted = muted
+                if kind in peer.sources:
+                    peer.sources[kind].set_muted(muted)
 
     async def kick_user(self, user_id: int, *, reason: str) -> None:
         for peer in list(self.peers.values()):
@@ -225,15 +240,12 @@ class Room:
 
     def _on_track(self, peer: Peer, track: MediaStreamTrack) -> None:
         kind = track.kind
-        gate = peer.gates[kind] = GateTrack(track, muted=kind in peer.muted)
-        track = NodeClockTrack(gate) if kind == "video" else gate
-        peer.published[kind] = track
-        peer.tasks.append(asyncio.ensure_future(self._drain(peer, track)))
+        source = peer.published[kind] = peer.sources[kind]
         for other in self.peers.values():
-            if other is not peer and self._attach(other, peer, kind, track):
+            if other is not peer and self._attach(other, peer, kind, source):
                 self._schedule(self._negotiate_locked(other))
 
-    def _attach(self, sub: Peer, pub: Peer, kind: str, track: MediaStreamTrack) -> bool:
+    def _attach(self, sub: Peer, pub: Peer, kind: str, source: PublishedTrack) -> bool:
         key = (pub.spec.peer_id, kind)
         if key in sub.outbound:
             return False
@@ -242,10 +254,13 @@ class Room:
         used = set(sub.outbound.values())
         free = next((t for t in sub.switches if t.kind == kind and t not in used and not t.stopped), None)
         if free is None:
-            switch = SwitchableTrack(kind)
-            free = sub.sub.addTransceiver(switch, direction="sendonly")
-            sub.switches[free] = switch
-        sub.switches[free].switch(self.relay.subscribe(track, buffered=False))
+            forward = ForwardTrack(kind)
+            free = sub.sub.addTransceiver(forward, direction="sendonly")
+            free.setCodecPreferences(self.codecs[kind])
+            # PLI/FIR and REMB from this subscriber go to whichever publisher the transceiver carries.
+            sender_feedback_tap(free.sender, on_keyframe_request=forward.request_keyframe, on_remb=forward.remb)
+            sub.switches[free] = forward
+        sub.switches[free].switch(source)
         free.direction = "sendonly"
         sub.outbound[key] = free
         return True
@@ -256,31 +271,10 @@ class Room:
             transceiver = sub.outbound.pop((pub_peer_id, kind), None)
             if transceiver is None:
                 continue
-            relayed = sub.switches[transceiver].switch(None)
+            sub.switches[transceiver].switch(None)
             transceiver.direction = "inactive"  # kept, with its sender loop alive, for the next publisher
-            if relayed is not None:
-                relayed.stop()
             changed = True
         return changed
-
-    async def _drain(self, peer: Peer, track: MediaStreamTrack) -> None:
-        """Keep every published track consumed (aiortc queues frames unboundedly otherwise) and measure fps."""
-        reader = self.relay.subscribe(track, buffered=False)
-        frames, started = 0, time.monotonic()
-        try:
-            while True:
-                await reader.recv()
-                if track.kind != "video":
-                    continue
-                frames += 1
-                elapsed = time.monotonic() - started
-                if elapsed >= STATS_INTERVAL_S:
-                    metrics.INBOUND_FPS.observe(frames / elapsed)
-                    frames, started = 0, time.monotonic()
-        except (MediaStreamError, asyncio.CancelledError):
-            pass
-        finally:
-            reader.stop()
 
     # --- negotiation -------------------------------------------------------------------------------
 
@@ -293,8 +287,10 @@ class Room:
         if peer.negotiating:
             peer.pending = True
             return
-        peer.negotiating = True
         pc = peer.sub
+        if pc is None or pc.signalingState == "closed":
+            return  # it is leaving
+        peer.negotiating = True
         await pc.setLocalDescription(await pc.createOffer())
         tracks = {
             transceiver.mid: {**self.peers[pub_id].describe(), "kind": kind}
@@ -372,6 +368,12 @@ class Room:
                 metrics.BITRATE_BPS.labels(source="server", direction="inbound", kind="all").observe(rate_in)
                 metrics.BITRATE_BPS.labels(source="server", direction="outbound", kind="all").observe(rate_out)
             peer.bytes_prev = (now, bytes_in, bytes_out)
+            video = peer.published.get("video")
+            if video is not None:
+                prev = peer.frames_prev.get("video")
+                if prev is not None and now > prev[0]:
+                    metrics.INBOUND_FPS.observe((video.frames - prev[1]) / (now - prev[0]))
+                peer.frames_prev["video"] = (now, video.frames)
         return total_in, total_out
 
     # --- helpers -----------------------------------------------------------------------------------
@@ -394,6 +396,15 @@ class Room:
 
     def _log_extra(self, peer: Peer) -> dict[str, Any]:
         return {"session_id": self.session_id, "user_id": peer.spec.user_id, "peer_id": peer.spec.peer_id}
+
+
+def codec_preferences(kind: str, name: str) -> list[Any]:
+    """The one codec of `kind` every connection negotiates (plus RTX for video retransmissions)."""
+    wanted = {f"{kind}/{name}".lower(), "video/rtx"}
+    codecs = [c for c in RTCRtpSender.getCapabilities(kind).codecs if c.mimeType.lower() in wanted]
+    if not any(c.mimeType.lower() != "video/rtx" for c in codecs):
+        raise ValueError(f"aiortc cannot send {kind} codec {name!r}")
+    return codecs
 
 
 def _log_task_error(task: asyncio.Task[Any]) -> None:

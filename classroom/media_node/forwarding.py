@@ -1,0 +1,223 @@
+"""Forwarding without transcoding: each publisher's encoded frames go, untouched, to every subscriber.
+
+aiortc receives a publisher's RTP and reassembles whole encoded frames; the encoded-frame tap
+(`compositor/encoded_tap.py`) takes them before the decoder, so the node decodes nothing. A
+`PublishedTrack` fans each frame out to the `ForwardTrack` of every subscribe transceiver carrying it;
+that track hands aiortc's sender an `av.Packet`, which the sender only packetizes (VP8 descriptor,
+H.264 FU-A, Opus as is): no decoding, no encoding, one copy of the payload per subscriber.
+
+What a forwarding SFU must do itself, because nothing is re-encoded any more:
+
+* **keyframes** - a new subscriber (or one that lost packets) needs one: its PLI/FIR reaches the
+  publisher, coalesced and rate-limited per published track, and a `ForwardTrack` drops frames until
+  the next keyframe after joining, switching source, or overflowing;
+* **bitrate** - each subscriber's REMB is kept, and the publisher hears the weakest one still worth
+  serving (never below `REMB_FLOOR_BPS`: one hopeless link must not ruin the picture for everyone);
+* **timestamps** - a transceiver re-used for another publisher keeps its RTP clock moving forward,
+  so receivers see one continuous stream.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from fractions import Fraction
+from typing import Callable
+
+import av
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+log = logging.getLogger("classcast.sfu")
+
+KEYFRAME_MIN_INTERVAL_S = 0.3  # at most one PLI per published track per interval; later asks coalesce
+REMB_FLOOR_BPS = 150_000
+REMB_STALE_S = 5.0  # a subscriber's estimate older than this no longer holds the publisher back
+QUEUE_FRAMES = {"video": 90, "audio": 150}  # ~3 s: a subscriber further behind starts over at a keyframe
+FRAME_TICKS = {"video": 3000, "audio": 960}  # one frame at 30 fps / 20 ms: the step across a source switch
+
+
+def is_keyframe(codec: str, data: bytes) -> bool:
+    """From the payload alone: VP8 frame tag bit 0 clear; an H.264 IDR slice (NAL type 5)."""
+    if codec == "vp8":
+        return bool(data) and not data[0] & 0x01
+    if codec == "h264":
+        i = 0
+        while (i := data.find(b"\x00\x00\x01", i)) != -1:
+            if i + 3 < len(data) and data[i + 3] & 0x1F == 5:
+                return True
+            i += 3
+        return False
+    return True  # audio: every frame stands alone
+
+
+class Frame:
+    __slots__ = ("codec", "data", "timestamp", "clock_rate", "keyframe")
+
+    def __init__(self, codec: str, data: bytes, timestamp: int, clock_rate: int, keyframe: bool) -> None:
+        self.codec, self.data, self.timestamp, self.clock_rate, self.keyframe = codec, data, timestamp, clock_rate, keyframe
+
+
+class PublishedTrack:
+    """One publisher's track on this node: frames in (from the tap), out to every ForwardTrack on it."""
+
+    def __init__(self, kind: str, *, request_keyframe: Callable[[], object], muted: bool = False) -> None:
+        self.kind = kind
+        self.codec: str | None = None
+        self.muted = muted
+        self.outputs: set[ForwardTrack] = set()
+        self.frames = 0
+        self.ended = False
+        self._request_keyframe = request_keyframe
+        self._last_pli = 0.0
+        self._pli_pending: asyncio.TimerHandle | None = None
+        self._remb: dict[int, tuple[float, int]] = {}  # id(output) -> (when, bps)
+
+    # frames arrive on the event loop's thread (the receiver's RTP handler): hand off only
+    def on_frame(self, codec: str, data: bytes, timestamp: int, clock_rate: int) -> None:
+        self.codec = codec
+        self.frames += 1
+        if self.muted:
+            return
+        frame = Frame(codec, data, timestamp, clock_rate, is_keyframe(codec, data))
+        for output in self.outputs:
+            output.push(frame)
+
+    def set_muted(self, muted: bool) -> None:
+        if self.muted and not muted and self.kind == "video":
+            self.request_keyframe()  # subscribers need a picture to start from again
+        self.muted = muted
+        for output in self.outputs:
+            output.source_resumed()
+
+    def request_keyframe(self) -> None:
+        """Coalesced and rate-limited: many subscribers asking at once cost the publisher one keyframe."""
+        if self.kind != "video" or self.ended or self._pli_pending is not None:
+            return
+        wait = self._last_pli + KEYFRAME_MIN_INTERVAL_S - time.monotonic()
+        if wait > 0:
+            self._pli_pending = asyncio.get_event_loop().call_later(wait, self._send_pli)
+        else:
+            self._send_pli()
+
+    def _send_pli(self) -> None:
+        self._pli_pending = None
+        self._last_pli = time.monotonic()
+        result = self._request_keyframe()
+        if asyncio.iscoroutine(result):
+            asyncio.ensure_future(result)
+
+    def remb_report(self, output: "ForwardTrack", bitrate_bps: int) -> None:
+        self._remb[id(output)] = (time.monotonic(), bitrate_bps)
+
+    def remb_cap(self) -> int | None:
+        """The weakest fresh subscriber estimate worth serving, or None when nobody reported one."""
+        now = time.monotonic()
+        fresh = [bps for output, (when, bps) in list(self._remb.items()) if now - when <= REMB_STALE_S]
+        return max(REMB_FLOOR_BPS, min(fresh)) if fresh else None
+
+    def attach(self, output: "ForwardTrack") -> None:
+        self.outputs.add(output)
+
+    def detach(self, output: "ForwardTrack") -> None:
+        self.outputs.discard(output)
+        self._remb.pop(id(output), None)
+
+    def end(self) -> None:
+        self.ended = True
+        if self._pli_pending is not None:
+            self._pli_pending.cancel()
+            self._pli_pending = None
+        for output in list(self.outputs):
+            output.switch(None)
+
+
+class ForwardTrack(MediaStreamTrack):
+    """The source of one subscribe transceiver's sender, for the connection's whole life: it carries
+    whichever PublishedTrack it is pointed at (or nothing, quietly) and hands out encoded packets."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.source: PublishedTrack | None = None
+        self.codec: str | None = None  # the codec this transceiver was negotiated for
+        self.forwarded = 0
+        self.dropped = 0
+        self._queue: collections.deque[Frame] = collections.deque()
+        self._ready = asyncio.Event()
+        self._need_keyframe = kind == "video"
+        self._offset: int | None = None  # out timestamp = in timestamp + offset
+        self._last_out = -FRAME_TICKS[kind]
+        self._clock_rate = 90_000 if kind == "video" else 48_000
+
+    def switch(self, source: PublishedTrack | None) -> None:
+        if self.source is source:
+            return
+        if self.source is not None:
+            self.source.detach(self)
+        self.source = source
+        self._queue.clear()
+        self._offset = None  # the next frame continues this track's clock, whoever sends it
+        self._need_keyframe = self.kind == "video"
+        if source is not None:
+            source.attach(self)
+            source.request_keyframe()
+
+    def source_resumed(self) -> None:
+        self._offset = None
+        self._need_keyframe = self.kind == "video"
+
+    def push(self, frame: Frame) -> None:
+        if self._need_keyframe:
+            if not frame.keyframe:
+                self.dropped += 1
+                return
+            self._need_keyframe = False
+        if len(self._queue) >= QUEUE_FRAMES[self.kind]:
+            # Too far behind (a stalled sender): start over at the next keyframe rather than grow.
+            self.dropped += len(self._queue)
+            self._queue.clear()
+            self._need_keyframe = self.kind == "video"
+            if self.source is not None:
+                self.source.request_keyframe()
+            if self._need_keyframe and not frame.keyframe:
+                return
+        self._queue.append(frame)
+        self._ready.set()
+
+    def request_keyframe(self) -> None:
+        """This subscriber asked (PLI/FIR): the publisher is asked, once per interval for everyone."""
+        if self.source is not None:
+            self.source.request_keyframe()
+
+    def remb(self, bitrate_bps: int) -> None:
+        if self.source is not None:
+            self.source.remb_report(self, bitrate_bps)
+
+    async def recv(self) -> av.Packet:
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            if not self._queue:
+                self._ready.clear()
+                await self._ready.wait()
+                continue
+            frame = self._queue.popleft()
+            if self._offset is None:
+                self._offset = self._last_out + FRAME_TICKS[self.kind] - frame.timestamp
+            out = frame.timestamp + self._offset
+            if out <= self._last_out:  # a publisher's clock that went back: keep ours moving forward
+                self._offset += self._last_out + 1 - out
+                out = self._last_out + 1
+            self._last_out = out
+            packet = av.Packet(frame.data)
+            packet.pts = out
+            packet.time_base = Fraction(1, frame.clock_rate)
+            self.forwarded += 1
+            return packet
+
+    def stop(self) -> None:
+        super().stop()
+        self.switch(None)
+        self._ready.set()
