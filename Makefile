@@ -57,6 +57,7 @@ bench: $(STAMP)
 	$(PY) bench/compositor.py
 	$(PY) bench/hls_ingest.py
 	$(PY) bench/recorder.py
+	$(PY) bench/sfu.py
 
 clean:
 	rm -rf $(VENV) var
