@@ -121,6 +121,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
     else {}
 )
 if CELERY_BROKER_URL.startswith("filesystem"):
+    CELERY_BROKER_TRANSPORT = "config.filesystem_broker:Transport"  # atomic writes, see there
     (_celery_fs / "queue").mkdir(parents=True, exist_ok=True)
     (_celery_fs / "processed").mkdir(parents=True, exist_ok=True)
 CELERY_TASK_IGNORE_RESULT = True
