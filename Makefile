@@ -58,6 +58,7 @@ bench: $(STAMP)
 	$(PY) bench/hls_ingest.py
 	$(PY) bench/recorder.py
 	$(PY) bench/sfu.py
+	$(PY) bench/hls_origin.py
 
 clean:
 	rm -rf $(VENV) var
