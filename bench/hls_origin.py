@@ -30,7 +30,6 @@ import json
 import math
 import multiprocessing
 import os
-import re
 import shutil
 import socket
 import subprocess

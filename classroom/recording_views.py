@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.files.storage import storages
@@ -19,7 +20,9 @@ from .errors import InvalidState, NotAllowed, NotFound
 from .file_responses import ranged_file_response, safe_relative_name
 from .models import AuditEntry, Classroom, FileRole, Recording, RecordingFile, RecordingStatus
 from .services import recording_access as access
-from .services.recording_processing import final_path, recording_reprocess, spool
+from .selectors import actor_get
+from .services.recording_processing import final_path, recording_reprocess, spool, thumbnail_name
+from .services.recordings import classroom_recording_settings_set
 
 PLAYABLE = (FileRole.TRACK, FileRole.PROGRAM)
 
@@ -88,7 +91,7 @@ def review_data(request: HttpRequest, recording: Recording) -> dict[str, Any]:
     thumbs = {f.name for f in files if f.role == FileRole.THUMBNAIL}
 
     def poster(track: RecordingFile) -> str:
-        name = f"thumbs/{track.name.rsplit('/', 1)[-1].rsplit('.', 1)[0]}.jpg"
+        name = thumbnail_name(track.name)
         return _file_url(request, recording, name, download=False) if name in thumbs else ""
 
     return {
@@ -173,8 +176,6 @@ def recording_file(request: HttpRequest, recording_id: int, name: str) -> HttpRe
         user_id, download = access.file_link_verify(recording_id=recording_id, name=name, params=request.GET)
     except NotAllowed as exc:
         raise PermissionDenied(str(exc)) from None
-    from django.contrib.auth import get_user_model
-
     user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
     if user is None:
         raise PermissionDenied("this link is not valid")
@@ -231,9 +232,6 @@ def recording_retry(request: HttpRequest, recording_id: int) -> HttpResponse:
 @require_POST
 def class_recording_settings(request: HttpRequest, classroom_id: int) -> HttpResponse:
     """The console's recording policy form (auto-record, retention)."""
-    from .selectors import actor_get
-    from .services.recordings import classroom_recording_settings_set
-
     actor = actor_get(user=request.user, classroom_id=classroom_id)
     raw_days = request.POST.get("retention_days", "").strip()
     if raw_days and not raw_days.isdigit():

@@ -5,6 +5,7 @@ and on the embedded default (SQLite + in-memory layer + the media node inside th
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -232,3 +233,125 @@ def wait_until(
             return last
         time.sleep(every)
     raise AssertionError(f"timed out waiting for {what} (last value {last!r})\n{logs() if logs else ''}")
+
+
+# --- the whole media stack: web + media node, packager, media and default Celery workers, beat ------
+
+HLS_SEGMENT_S = 2.0
+
+
+class Stack:
+    def __init__(self, server, hls_root: Path, procs: dict[str, subprocess.Popen], log_dir: Path) -> None:
+        self.server = server
+        self.url = server.url
+        self.hls_root = hls_root
+        self.procs = procs
+        self.log_dir = log_dir
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.log_dir.glob("*.log"))
+        )
+
+    @property
+    def spool(self) -> Path:
+        return self.log_dir / "spool"
+
+    def folder(self, class_id: int) -> Path | None:
+        folders = sorted((self.hls_root / f"class-{class_id}").glob("session-*"))
+        return folders[-1] if folders else None
+
+
+def spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> subprocess.Popen:
+    log = open(log_dir / f"{name}.log", "w")
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture
+def stack(transactional_db, tmp_path, settings, monkeypatch) -> Iterator[Stack]:
+    from classroom.models import MediaNode
+
+    # Playwright's sync API keeps an event loop in this thread; the test's own ORM calls are still
+    # plain synchronous code, so tell Django not to refuse them.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")
+    MediaNode.objects.all().delete()
+    rtmp_port = free_port()
+    hls_root = tmp_path / "hls"
+    settings.CLASSCAST_HLS_ROOT = hls_root
+    settings.CLASSCAST_RECORDING_SPOOL = tmp_path / "spool"
+    store = {"location": str(tmp_path / "store")}
+    settings.STORAGES = {**settings.STORAGES, "recordings": {**settings.STORAGES["recordings"], "OPTIONS": store}}
+    extra = {
+        "CLASSCAST_RTMP_PORT": str(rtmp_port),
+        "CLASSCAST_RTMP_INGEST_URL": f"rtmp://127.0.0.1:{rtmp_port}/live",
+        "CLASSCAST_HLS_ROOT": str(hls_root),
+        "CLASSCAST_HLS_SEGMENT_S": str(HLS_SEGMENT_S),
+        "CLASSCAST_BROADCAST_STALE_S": "5",
+        "CLASSCAST_RECORDING_STALE_S": "5",
+        "CLASSCAST_RECORDING_SPOOL": str(tmp_path / "spool"),
+        "CLASSCAST_RECORDINGS_STORAGE_OPTIONS": json.dumps(store),
+    }
+    server = start_live_server(tmp_path, **extra)
+    env = {**server.env, "CLASSCAST_SIGNALING_URL": f"ws://127.0.0.1:{server.port}"}
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "config", "purge", "-f", "-Q", "media"],
+            cwd=ROOT, env=env, capture_output=True, timeout=60,
+        )
+        procs["packager"] = spawn("packager", [sys.executable, "manage.py", "hls_packager"], env, tmp_path)
+        wait_for_port(rtmp_port, proc=procs["packager"])
+        procs["worker"] = spawn(
+            "worker",
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "media", "--concurrency", "2",
+             "--prefetch-multiplier", "1", "-l", "INFO", "-n", f"media-{rtmp_port}@%h"],
+            env, tmp_path,
+        )
+        procs["housekeeping"] = spawn(
+            "housekeeping",
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default", "--pool", "solo",
+             "-l", "INFO", "-n", f"default-{rtmp_port}@%h"],
+            env, tmp_path,
+        )
+        procs["beat"] = spawn(
+            "beat",
+            [sys.executable, "-m", "celery", "-A", "config", "beat", "-l", "INFO",
+             "--schedule", str(tmp_path / "beat-schedule")],
+            env, tmp_path,
+        )
+        yield Stack(server, hls_root, procs, tmp_path)
+    finally:
+        stop_processes(list(procs.values()))
+        stop_processes(server.procs)
+
+
+def stage_start(browser: Any, server: LiveServer, demo: dict[str, Any], *students: str) -> tuple[Any, list[Any]]:
+    """ada starts the class from the console and brings each student on stage through the front door."""
+    ada = login_page(browser, server, "ada", "classcast-demo")
+    ada.goto(demo["urls"]["instructor"])
+    pages = []
+    for name in students:
+        page = login_page(browser, server, name, "classcast-demo")
+        page.goto(demo["urls"]["student"])
+        pages.append(page)
+    ada.click("#start-session")
+    ada.wait_for_selector("#stage-grid .tile.me")
+    for page in pages:
+        bring_on_stage(ada, page)
+        page.wait_for_selector("#stage-grid .tile:not(.me) video")
+    return ada, pages
+
+
+@pytest.fixture
+def room_and_clients() -> tuple[Any, dict[str, Any]]:
+    """The media node's Room in this process, delivering to the test's aiortc clients by peer id."""
+    from classroom.media_node.node import ice_host_addresses_pin, rtc_configuration
+    from classroom.media_node.sfu import Room
+
+    ice_host_addresses_pin(["127.0.0.1"])
+    clients: dict[str, Any] = {}
+
+    async def send(channel: str, message: dict[str, Any]) -> None:
+        await clients[channel].deliver(message)
+
+    return Room(session_id=1, rtc_config=rtc_configuration(), send=send), clients

@@ -1,6 +1,7 @@
 """A published recording with real media files in a temporary storage, for access and review tests."""
 from __future__ import annotations
 
+import io
 from datetime import timedelta
 from fractions import Fraction
 from pathlib import Path
@@ -59,7 +60,7 @@ def published_recording(*, classroom_id: int, session_id: int, user_id: int, wor
                                  start_ms=1000, end_ms=5000, duration_ms=4000, frames=120, stored=True,
                                  size=(work / track).stat().st_size)
     manifest = b'{"schema": "classcast.recording", "version": 1}\n'
-    store.save(f"{recording.folder}/manifest.json", __import__("io").BytesIO(manifest))
+    store.save(f"{recording.folder}/manifest.json", io.BytesIO(manifest))
     RecordingFile.objects.create(recording=recording, role=FileRole.MANIFEST, name="manifest.json", stored=True,
                                  size=len(manifest))
     recording.manifest = {

@@ -2,7 +2,6 @@
 a real Celery worker (media queue) -> RTMP -> the packager process -> HLS -> a viewer's hls.js."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,103 +15,19 @@ import numpy as np
 import pytest
 
 from .conftest import (
-    ROOT,
+    HLS_SEGMENT_S as SEGMENT_S,
+    Stack,
     bring_on_stage,
     free_port,
     login_page,
-    start_live_server,
+    spawn,
+    stage_start,
     stop_processes,
     wait_for_port,
     wait_until,
 )
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-SEGMENT_S = 2.0
-
-
-class Stack:
-    def __init__(self, server, hls_root: Path, procs: dict[str, subprocess.Popen], log_dir: Path) -> None:
-        self.server = server
-        self.url = server.url
-        self.hls_root = hls_root
-        self.procs = procs
-        self.log_dir = log_dir
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.log_dir.glob("*.log"))
-        )
-
-    @property
-    def spool(self) -> Path:
-        return self.log_dir / "spool"
-
-    def folder(self, class_id: int) -> Path | None:
-        folders = sorted((self.hls_root / f"class-{class_id}").glob("session-*"))
-        return folders[-1] if folders else None
-
-
-def _spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> subprocess.Popen:
-    log = open(log_dir / f"{name}.log", "w")
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-@pytest.fixture
-def stack(transactional_db, tmp_path, settings, monkeypatch) -> Iterator[Stack]:
-    from classroom.models import MediaNode
-
-    # Playwright's sync API keeps an event loop in this thread; the test's own ORM calls are still
-    # plain synchronous code, so tell Django not to refuse them.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "1")
-    MediaNode.objects.all().delete()
-    rtmp_port = free_port()
-    hls_root = tmp_path / "hls"
-    settings.CLASSCAST_HLS_ROOT = hls_root
-    settings.CLASSCAST_RECORDING_SPOOL = tmp_path / "spool"
-    store = {"location": str(tmp_path / "store")}
-    settings.STORAGES = {**settings.STORAGES, "recordings": {**settings.STORAGES["recordings"], "OPTIONS": store}}
-    extra = {
-        "CLASSCAST_RTMP_PORT": str(rtmp_port),
-        "CLASSCAST_RTMP_INGEST_URL": f"rtmp://127.0.0.1:{rtmp_port}/live",
-        "CLASSCAST_HLS_ROOT": str(hls_root),
-        "CLASSCAST_HLS_SEGMENT_S": str(SEGMENT_S),
-        "CLASSCAST_BROADCAST_STALE_S": "5",
-        "CLASSCAST_RECORDING_STALE_S": "5",
-        "CLASSCAST_RECORDING_SPOOL": str(tmp_path / "spool"),
-        "CLASSCAST_RECORDINGS_STORAGE_OPTIONS": json.dumps(store),
-    }
-    server = start_live_server(tmp_path, **extra)
-    env = {**server.env, "CLASSCAST_SIGNALING_URL": f"ws://127.0.0.1:{server.port}"}
-    procs: dict[str, subprocess.Popen] = {}
-    try:
-        subprocess.run(
-            [sys.executable, "-m", "celery", "-A", "config", "purge", "-f", "-Q", "media"],
-            cwd=ROOT, env=env, capture_output=True, timeout=60,
-        )
-        procs["packager"] = _spawn("packager", [sys.executable, "manage.py", "hls_packager"], env, tmp_path)
-        wait_for_port(rtmp_port, proc=procs["packager"])
-        procs["worker"] = _spawn(
-            "worker",
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "media", "--concurrency", "2",
-             "--prefetch-multiplier", "1", "-l", "INFO", "-n", f"media-{rtmp_port}@%h"],
-            env, tmp_path,
-        )
-        procs["housekeeping"] = _spawn(
-            "housekeeping",
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default", "--pool", "solo",
-             "-l", "INFO", "-n", f"default-{rtmp_port}@%h"],
-            env, tmp_path,
-        )
-        procs["beat"] = _spawn(
-            "beat",
-            [sys.executable, "-m", "celery", "-A", "config", "beat", "-l", "INFO",
-             "--schedule", str(tmp_path / "beat-schedule")],
-            env, tmp_path,
-        )
-        yield Stack(server, hls_root, procs, tmp_path)
-    finally:
-        stop_processes(list(procs.values()))
-        stop_processes(server.procs)
 
 
 def playlist(folder: Path) -> m3u8.M3U8 | None:
@@ -173,15 +88,8 @@ def test_broadcast_from_stage_to_viewers(stack, browser):
 
     demo = demo_seed()
     cid = demo["class_id"]
-    ada = login_page(browser, stack.server, "ada", "classcast-demo")
-    ben = login_page(browser, stack.server, "ben", "classcast-demo")
+    ada, (ben,) = stage_start(browser, stack.server, demo, "ben")
     cleo = login_page(browser, stack.server, "cleo", "classcast-demo")
-    ada.goto(demo["urls"]["instructor"])
-    ben.goto(demo["urls"]["student"])
-    ada.click("#start-session")
-    ada.wait_for_selector("#stage-grid .tile.me")
-    bring_on_stage(ada, ben)
-    ben.wait_for_selector("#stage-grid .tile:not(.me) video")
 
     # Go live from the console; the panel says when the program is on air.
     ada.click("#go-live")
@@ -214,7 +122,7 @@ def test_broadcast_from_stage_to_viewers(stack, browser):
     # The stage changes mid-broadcast: ben leaves (one tile), comes back (two); output never stops.
     last_seq = fresh[-1][0]
     ben.click("#leave-stage")
-    ada.wait_for_selector(f'#stage-grid .tile:not(.me)', state="detached")
+    ada.wait_for_selector('#stage-grid .tile:not(.me)', state="detached")
     after_leave = segments_after(stack, cid, 2, after=last_seq)
     gray = probe_segment(folder / after_leave[-1][1].uri)["last_frame"]
     assert tiles_with_content(gray, 1)[0] > 3
@@ -255,7 +163,7 @@ def packager(transactional_db, tmp_path, settings) -> Iterator[dict[str, Any]]:
     port = free_port()
     settings.CLASSCAST_HLS_ROOT = tmp_path / "hls"
     env = server_env(CLASSCAST_RTMP_PORT=str(port), CLASSCAST_HLS_ROOT=str(tmp_path / "hls"))
-    proc = _spawn("packager", [sys.executable, "manage.py", "hls_packager"], env, tmp_path)
+    proc = spawn("packager", [sys.executable, "manage.py", "hls_packager"], env, tmp_path)
     try:
         wait_for_port(port, proc=proc)
         yield {"port": port, "log": tmp_path / "packager.log"}

@@ -2,7 +2,6 @@
 sharing with students; deleting by hand and by retention."""
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 

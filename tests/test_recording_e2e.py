@@ -14,8 +14,7 @@ import pytest
 
 from recorder.manifest import manifest_loads
 
-from .conftest import bring_on_stage, login_page, wait_until
-from .test_broadcast_e2e import Stack, stack  # noqa: F401 - the shared stack fixture
+from .conftest import Stack, bring_on_stage, stage_start, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -66,14 +65,7 @@ def test_recording_of_two_on_stage_with_the_broadcast(stack, browser):
 
     demo = demo_seed()
     users = {u.username: u for u in get_user_model().objects.filter(username__in=["ada", "ben"])}
-    ada = login_page(browser, stack.server, "ada", "classcast-demo")
-    ben = login_page(browser, stack.server, "ben", "classcast-demo")
-    ada.goto(demo["urls"]["instructor"])
-    ben.goto(demo["urls"]["student"])
-    ada.click("#start-session")
-    ada.wait_for_selector("#stage-grid .tile.me")
-    bring_on_stage(ada, ben)
-    ben.wait_for_selector("#stage-grid .tile:not(.me) video")
+    ada, (ben,) = stage_start(browser, stack.server, demo, "ben")
     ada.click("#go-live")
     ada.wait_for_selector("#bc-status.live", timeout=90_000)
 
@@ -150,10 +142,7 @@ def test_recorder_worker_killed_mid_session(stack, browser):
     from classroom.services.demo import demo_seed
 
     demo = demo_seed()
-    ada = login_page(browser, stack.server, "ada", "classcast-demo")
-    ada.goto(demo["urls"]["instructor"])
-    ada.click("#start-session")
-    ada.wait_for_selector("#stage-grid .tile.me")
+    ada, _ = stage_start(browser, stack.server, demo)
     ada.click("#record-start")  # recording works without a broadcast too
     recording = wait_until(lambda: Recording.objects.filter(status="recording").first(), timeout=60,
                            what="the recorder to join", logs=stack.logs)

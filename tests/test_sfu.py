@@ -8,7 +8,6 @@ import pytest
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
-from classroom.media_node.node import ice_host_addresses_pin, rtc_configuration
 from classroom.media_node.sfu import NegotiationError, PeerSpec, Room, UnknownPeerError
 
 pytestmark = pytest.mark.slow
@@ -73,18 +72,6 @@ async def wait_for(predicate, timeout: float = 20.0) -> None:
     while not predicate():
         assert loop.time() < deadline, "timed out"
         await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-def room_and_clients():
-    ice_host_addresses_pin(["127.0.0.1"])
-    clients: dict[str, Client] = {}
-
-    async def send(channel: str, message: dict[str, Any]) -> None:
-        await clients[channel].deliver(message)
-
-    room = Room(session_id=1, rtc_config=rtc_configuration(), send=send)
-    return room, clients
 
 
 async def join(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from typing import Any
 
@@ -17,6 +18,7 @@ from ..errors import InvalidState, NotAllowed, NotFound
 from ..models import AuditEntry, Membership, Recording, RecordingStatus, Role
 from ..permissions import Actor, can_manage_recording, can_review_recording
 from ..selectors import display_name
+from .recording_processing import spool
 
 log = logging.getLogger("classcast.recording")
 _LINK_SALT = "classcast.recording-file"
@@ -111,15 +113,11 @@ def recording_share_set(*, user: Any, recording_id: int, shared: bool, ip: str |
 
 
 def _delete(recording: Recording) -> None:
-    from .recording_processing import spool
-
     store = storages["recordings"]
     for name in recording.files.values_list("name", flat=True):
         key = f"{recording.folder}/{name}"
         if store.exists(key):
             store.delete(key)
-    import shutil
-
     shutil.rmtree(spool(recording), ignore_errors=True)
     recording.delete()
 

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import storages
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from recorder import RecorderError
@@ -33,6 +34,7 @@ from recorder.manifest import (
     ManifestProgram,
     ManifestTrack,
     manifest_dumps,
+    manifest_to_dict,
 )
 from recorder.probe import media_probe
 from recorder.program import program_copy, program_export_mp4, program_segments_select
@@ -237,17 +239,22 @@ def _warning(w: Any) -> dict[str, Any]:
             "start_ms": w.start_ms, "end_ms": w.end_ms}
 
 
+def thumbnail_name(track_name: str) -> str:
+    """Where a video track's thumbnail lives in the recording's folder."""
+    return f"thumbs/{Path(track_name).stem}.jpg"
+
+
 def _expected_ms(recording: Recording, row: RecordingFile) -> int:
     """How long this file should last: from its start until its participant left the stage (per the
     event log), the session ended, or the recording stopped."""
     start = recording.started_at + timedelta(milliseconds=row.start_ms)
     end = recording.stopped_at
     left = (
-        SessionEvent.objects.filter(session=recording.session, kind__in=STAGE_END_KINDS, created_at__gt=start,
-                                    created_at__lte=end)
-        .filter(subject_id=row.user_id) | SessionEvent.objects.filter(
-            session=recording.session, kind=EventKind.SESSION_ENDED, created_at__gt=start, created_at__lte=end)
-    ).order_by("created_at").first()
+        SessionEvent.objects.filter(session=recording.session, created_at__gt=start, created_at__lte=end)
+        .filter(Q(kind__in=STAGE_END_KINDS, subject_id=row.user_id) | Q(kind=EventKind.SESSION_ENDED))
+        .order_by("created_at")
+        .first()
+    )
     if left is not None:
         end = left.created_at
     for gap in recording.gaps:  # a file stops at a gap; the next run starts a new one
@@ -268,7 +275,7 @@ def _thumbnails(recording: Recording) -> None:
         if row.role == FileRole.PROGRAM or poster_source is None:
             poster_source = (path, at_s, row.role == FileRole.PROGRAM)
         if row.role == FileRole.TRACK:
-            name = f"thumbs/{Path(row.name).stem}.jpg"
+            name = thumbnail_name(row.name)
             thumbnail_make(video=path, out=final_path(recording, name), at_s=at_s, ffmpeg=binary)
             RecordingFile.objects.update_or_create(
                 recording=recording, name=name,
@@ -308,7 +315,7 @@ def _publish(recording: Recording) -> None:
     if days is None:
         days = settings.CLASSCAST_RECORDING_RETENTION_DAYS
     now = timezone.now()
-    recording.manifest = _manifest_json(path)
+    recording.manifest = manifest_to_dict(manifest)
     recording.duration_ms = offset(recording, recording.stopped_at)
     recording.size_bytes = sum(f.size or 0 for f in recording.files.all())
     recording.status = RecordingStatus.PUBLISHED
@@ -317,12 +324,6 @@ def _publish(recording: Recording) -> None:
     recording.save(update_fields=["manifest", "duration_ms", "size_bytes", "status", "published_at", "expires_at"])
     shutil.rmtree(spool(recording), ignore_errors=True)  # everything is in storage now
     log.info("recording published", extra={"recording_id": recording.pk})
-
-
-def _manifest_json(path: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def manifest_build(*, recording: Recording) -> Manifest:

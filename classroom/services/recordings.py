@@ -197,15 +197,16 @@ def recording_files_report(*, recording: Recording, files: list[dict[str, Any]])
     known = {f.name: f for f in recording.files.filter(name__in=[f["name"] for f in files])}
     for info in files:
         row = known.get(info["name"]) or RecordingFile(recording=recording, name=info["name"], role=FileRole.TRACK)
-        row.kind = info["kind"]
-        row.codec = info["codec"]
-        row.user_id = info.get("user_id")
-        row.participant_name = info.get("participant_name", "")[:200]
-        row.participant_role = info.get("participant_role", "")[:16]
-        row.start_ms = info["start_ms"]
-        row.first_media_ms = info.get("first_media_ms")
-        row.end_ms = info.get("end_ms")
-        row.frames = info.get("frames")
+        wanted = {
+            "kind": info["kind"], "codec": info["codec"], "user_id": info.get("user_id"),
+            "participant_name": info.get("participant_name", "")[:200],
+            "participant_role": info.get("participant_role", "")[:16], "start_ms": info["start_ms"],
+            "first_media_ms": info.get("first_media_ms"), "end_ms": info.get("end_ms"), "frames": info.get("frames"),
+        }
+        if row.pk is not None and all(getattr(row, k) == v for k, v in wanted.items()):
+            continue  # reported every heartbeat: write only what changed
+        for key, value in wanted.items():
+            setattr(row, key, value)
         row.save()
 
 
@@ -257,11 +258,6 @@ def recordings_watchdog() -> list[int]:
             _close(recording, reason="the recorder job died")
         else:
             _interrupt(recording, reason="the recording worker stopped unexpectedly")
-        touched.append(recording.pk)
-    for recording in Recording.objects.select_for_update(skip_locked=True).select_related("session").filter(
-        status=RecordingStatus.QUEUED, heartbeat_at__isnull=True, stop_requested=True
-    ):
-        _close(recording, reason="the recording was stopped before its job started")
         touched.append(recording.pk)
     return touched
 
