@@ -12,6 +12,8 @@ class PackagerConfig:
     output_dir: Path = Path("var/hls")
     segment_duration_s: float = 2.0  # a segment is cut at the first keyframe at or after this
     live_window: int = 6  # segments in the sliding live playlist
+    # Low-latency HLS: partial segments of at most this long (EXT-X-PART-INF PART-TARGET); 0 = plain HLS.
+    part_target_s: float = 0.334
     max_publishers: int = 64
     # Limits that keep one bad client from hurting the others.
     max_message_bytes: int = 8 * 1024 * 1024  # one RTMP message (a keyframe at a high bitrate is < 1 MiB)
@@ -24,6 +26,8 @@ class PackagerConfig:
         object.__setattr__(self, "output_dir", Path(self.output_dir))
         if self.segment_duration_s <= 0 or self.live_window < 1 or self.max_publishers < 1:
             raise ValueError("segment_duration_s > 0, live_window >= 1 and max_publishers >= 1 are required")
+        if not 0 <= self.part_target_s <= self.segment_duration_s:
+            raise ValueError("part_target_s must be between 0 (no parts) and the segment duration")
 
     @property
     def connection_limit(self) -> int:

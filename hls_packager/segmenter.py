@@ -1,6 +1,10 @@
 """FLV in, HLS out: one thread per publisher demuxes the FLV bytes with PyAV and remuxes the packets
 (no re-encoding) into one MPEG-TS container per segment, written atomically, then the playlists.
 
+Low-latency HLS: the segment's muxer writes into memory, and every ~1/3 s of media the bytes written so
+far become a part file (`seg-<n>.part<k>.ts`) and the live playlist lists it at once. The segment file is
+the concatenation of its parts, byte for byte, so players that know nothing of parts get the same media.
+
 Blocking PyAV work runs in this thread, never on the event loop; the loop only appends bytes to the pipe.
 """
 from __future__ import annotations
@@ -17,9 +21,9 @@ from typing import Callable
 import av
 
 from . import PackagerError
-from .playlist import SegmentInfo, segment_name
-from .segments import FolderHistory, SegmentCutter, wall_clock
-from .storage import write_playlists
+from .playlist import LiveEdge, PartInfo, SegmentInfo, part_name, segment_name
+from .segments import FolderHistory, PartCutter, SegmentCutter, wall_clock
+from .storage import parts_remove, write_atomic, write_playlists
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +83,12 @@ class Segmenter:
         live_window: int,
         high_water_bytes: int,
         on_segment: Callable[[SegmentInfo], None],
+        part_target_s: float = 0.0,
     ) -> None:
         self.folder = folder
         self.history = history
         self.segment_duration_s = segment_duration_s
+        self.part_target_s = part_target_s  # 0: no parts (plain HLS)
         self.live_window = live_window
         self.high_water_bytes = high_water_bytes
         self.on_segment = on_segment  # called in the segmenter thread
@@ -93,6 +99,7 @@ class Segmenter:
 
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
+        parts_remove(self.folder)  # a previous publisher's parts are no longer listed anywhere
         self.history.begin_publish()
         self._thread.start()
 
@@ -129,23 +136,47 @@ class Segmenter:
                 writer.close_segment(final=True)
                 if self.history.segments:
                     write_playlists(self.folder, self.history, window=self.live_window, target_s=self.segment_duration_s, ended=True)
+                parts_remove(self.folder)  # the ended playlist lists whole segments only
             except BaseException as exc:  # noqa: BLE001
                 self.error = self.error or exc
                 log.exception("segmenter %s could not finish", self.folder)
             self._done.set()
 
 
+class _MuxedBytes:
+    """The muxer's output file: bytes accumulate in memory until the segmenter takes them as a part."""
+
+    def __init__(self) -> None:
+        self.pending = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self.pending += data
+        return len(data)
+
+    def take(self) -> bytes:
+        data = bytes(self.pending)
+        self.pending.clear()
+        return data
+
+
 class _SegmentWriter:
-    """The segment being written: one mpegts container, renamed into place when it is cut."""
+    """The segment being written: one mpegts container writing into memory; with low latency its bytes
+    are cut into part files as they come, and the whole segment is written when it is cut."""
 
     def __init__(self, owner: Segmenter) -> None:
         self.owner = owner
         self.cutter = SegmentCutter(owner.segment_duration_s)
+        self.low_latency = owner.part_target_s > 0
+        self.part_cutter = PartCutter(owner.part_target_s)
         self.container: av.container.OutputContainer | None = None
         self.out_streams: dict[int, av.stream.Stream] = {}
         self.inputs: list[av.stream.Stream] = []
         self.index = -1
-        self.tmp_path: Path | None = None
+        self.output = _MuxedBytes()
+        self.chunks: list[bytes] = []  # the segment so far (its parts' bytes)
+        self.parts: list[PartInfo] = []
+        self.part_independent: bool | None = None  # does the part being written start on a keyframe
+        self.listed_parts: collections.deque[tuple[int, int]] = collections.deque()  # (index, parts) of closed segments
         self.anchor: tuple[datetime, float] | None = None
         self.last_video: tuple[float, float] = (0.0, 0.0)  # (previous, last) video packet times
         self.end_s = 0.0
@@ -162,6 +193,7 @@ class _SegmentWriter:
             t = float((packet.pts if packet.pts is not None else packet.dts) * packet.time_base)
             is_video = packet.stream is video
             boundary = packet.is_keyframe if is_video else video is None
+            paces_parts = is_video or video is None
             if self.container is None:
                 if not boundary:
                     continue  # a segment must start on a keyframe
@@ -171,6 +203,10 @@ class _SegmentWriter:
             elif boundary and self.cutter.should_cut(t, keyframe=True):
                 self.close_segment(final=False, end_s=t)
                 self.open_segment(t)
+            elif self.low_latency and paces_parts and self.part_cutter.should_cut(t):
+                self.cut_part(t)
+            if paces_parts and self.part_independent is None:
+                self.part_independent = boundary
             if is_video:
                 self.last_video = (self.last_video[1], t)
             duration = float(packet.duration * packet.time_base) if packet.duration else 0.0
@@ -181,14 +217,54 @@ class _SegmentWriter:
 
     def open_segment(self, t: float) -> None:
         self.index = self.owner.history.take_index()
-        self.tmp_path = self.owner.folder / f".{segment_name(self.index)}.tmp"
-        self.container = av.open(str(self.tmp_path), "w", format="mpegts")
+        # flush_packets: every packet's bytes reach _MuxedBytes at once, so a part holds what was muxed
+        # before its cut. pes_payload_size 0: audio is not held back to fill big PES packets.
+        options = {"flush_packets": "1", "pes_payload_size": "0"} if self.low_latency else {}
+        self.container = av.open(self.output, "w", format="mpegts", options=options)
         self.out_streams = {s.index: self.container.add_stream_from_template(s) for s in self.inputs}
         self.cutter.begin(t)
+        self.part_cutter.begin(t)
+        self.chunks, self.parts, self.part_independent = [], [], None
         self.end_s = t
 
+    def cut_part(self, t: float) -> None:
+        """The bytes muxed since the last cut become part k of this segment, listed at once."""
+        self.add_part(self.output.take(), t - self.part_cutter.start_s)
+        self.part_cutter.begin(t)
+        self.part_independent = None
+        self.publish_edge()
+
+    def add_part(self, data: bytes, duration_s: float) -> None:
+        self.chunks.append(data)
+        if not self.low_latency:
+            return
+        name = part_name(self.index, len(self.parts))
+        write_atomic(self.owner.folder / name, data)
+        self.parts.append(PartInfo(name, max(duration_s, 0.001), bool(self.part_independent)))
+
+    def edge(self, *, hint_index: int, open_parts: bool) -> LiveEdge | None:
+        if not self.low_latency:
+            return None
+        assert self.anchor is not None
+        parts = tuple(self.parts) if open_parts else ()
+        start = self.cutter.start_s or 0.0
+        return LiveEdge(
+            part_target_s=self.owner.part_target_s,
+            parts=parts,
+            hint=part_name(hint_index, len(parts)),
+            program_date_time=wall_clock(self.anchor[0], self.anchor[1], start) if parts else None,
+            discontinuity=self.owner.history.pending_discontinuity,
+        )
+
+    def publish_edge(self) -> None:
+        owner = self.owner
+        write_playlists(
+            owner.folder, owner.history, window=owner.live_window, target_s=owner.segment_duration_s, ended=False,
+            edge=self.edge(hint_index=self.index, open_parts=True), archive=False,
+        )
+
     def close_segment(self, *, final: bool, end_s: float | None = None) -> None:
-        if self.container is None or self.tmp_path is None:
+        if self.container is None:
             return
         self.container.close()
         self.container = None
@@ -198,9 +274,26 @@ class _SegmentWriter:
             frame = last - previous if 0 < last - previous < 1 else 0.0
             end_s = max(self.end_s, last + frame)
         duration = max(end_s - start, 0.001)
-        os.replace(self.tmp_path, self.owner.folder / segment_name(self.index))
-        assert self.anchor is not None
-        info = self.owner.history.add(self.index, duration, wall_clock(self.anchor[0], self.anchor[1], start))
+        self.add_part(self.output.take(), end_s - self.part_cutter.start_s)
         owner = self.owner
-        write_playlists(owner.folder, owner.history, window=owner.live_window, target_s=owner.segment_duration_s, ended=False)
+        write_atomic(owner.folder / segment_name(self.index), b"".join(self.chunks))
+        assert self.anchor is not None
+        info = owner.history.add(self.index, duration, wall_clock(self.anchor[0], self.anchor[1], start), tuple(self.parts))
+        self.chunks, self.parts = [], []
+        self.forget_old_parts(info)
+        if not final:
+            # The next segment starts with the packet that cut this one: hint at its first part.
+            edge = self.edge(hint_index=owner.history.next_index, open_parts=False)
+            write_playlists(owner.folder, owner.history, window=owner.live_window, target_s=owner.segment_duration_s, ended=False, edge=edge)
         owner.on_segment(info)
+
+    def forget_old_parts(self, info: SegmentInfo) -> None:
+        """Part files of segments whose parts are no longer listed go (two segments later than that, for
+        players still fetching them); the segment file holds the same bytes."""
+        if not info.parts:
+            return
+        self.listed_parts.append((info.index, len(info.parts)))
+        while len(self.listed_parts) > LiveEdge.parts_segments + 2:
+            index, count = self.listed_parts.popleft()
+            for k in range(count):
+                (self.owner.folder / part_name(index, k)).unlink(missing_ok=True)

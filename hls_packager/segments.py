@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Iterable
 
-from .playlist import SegmentInfo
+from .playlist import PartInfo, SegmentInfo
 
 SEGMENT_FILE = re.compile(r"^seg-(\d+)\.ts$")
+PART_FILE = re.compile(r"^seg-(\d+)\.part(\d+)\.ts$")
 
 
 @dataclass
@@ -45,7 +46,9 @@ class FolderHistory:
     def restore(cls, segments: Iterable[SegmentInfo], existing_files: Iterable[str] = ()) -> "FolderHistory":
         """From playlists already on disk (a packager restart); never reuses a seg-<n>.ts name found."""
         ordered = sorted({s.index: s for s in segments}.values(), key=lambda s: s.sequence)
-        used = [int(m.group(1)) for name in existing_files if (m := SEGMENT_FILE.match(name))]
+        # Part files count too: a packager killed mid-segment leaves parts of a segment never listed, and
+        # a CDN may hold them as immutable; their numbers are never handed out again.
+        used = [int(m.group(1)) for name in existing_files if (m := SEGMENT_FILE.match(name) or PART_FILE.match(name))]
         next_index = max([s.index + 1 for s in ordered] + [n + 1 for n in used] + [0])
         return cls(segments=ordered, next_index=next_index)
 
@@ -53,17 +56,44 @@ class FolderHistory:
         """A publisher starts: if segments exist already, the next one follows a discontinuity."""
         self._pending_discontinuity = bool(self.segments) or self.next_index > 0
 
+    @property
+    def pending_discontinuity(self) -> bool:
+        return self._pending_discontinuity
+
     def take_index(self) -> int:
         index = self.next_index
         self.next_index += 1
         return index
 
-    def add(self, index: int, duration_s: float, program_date_time: datetime) -> SegmentInfo:
+    def add(
+        self, index: int, duration_s: float, program_date_time: datetime, parts: tuple[PartInfo, ...] = ()
+    ) -> SegmentInfo:
         sequence = self.segments[-1].sequence + 1 if self.segments else 0
-        info = SegmentInfo(index, sequence, duration_s, program_date_time, self._pending_discontinuity)
+        info = SegmentInfo(index, sequence, duration_s, program_date_time, self._pending_discontinuity, parts)
         self._pending_discontinuity = False
         self.segments.append(info)
         return info
+
+
+@dataclass
+class PartCutter:
+    """Decides where partial segments end, on media time. A part ends before the packet that would make
+    it longer than the part target, so every part stays within PART-TARGET (RFC 8216bis 4.4.4.9) and,
+    at a steady frame rate, all but a segment's last are the same length (10 frames of 30 fps at 0.334)."""
+
+    target_s: float
+    start_s: float = 0.0
+    last_s: float | None = None  # the previous packet of the pacing stream
+
+    def begin(self, t_s: float) -> None:
+        self.start_s = self.last_s = t_s
+
+    def should_cut(self, t_s: float) -> bool:
+        """Called for each packet of the stream that paces parts (video, or audio when there is none)."""
+        step = t_s - self.last_s if self.last_s is not None and 0 < t_s - self.last_s < 1 else 0.0
+        self.last_s = t_s
+        # With this packet and the next one's worth of media, the part would outgrow the target.
+        return t_s > self.start_s and t_s + step - self.start_s > self.target_s + 0.0005
 
 
 def wall_clock(anchor: datetime, anchor_media_s: float, media_s: float) -> datetime:

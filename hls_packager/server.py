@@ -326,6 +326,7 @@ class _Connection:
             segmenter = Segmenter(
                 path, history, segment_duration_s=self.config.segment_duration_s, live_window=self.config.live_window,
                 high_water_bytes=self.config.pipe_high_water_bytes, on_segment=on_segment,
+                part_target_s=self.config.part_target_s,
             )
             await asyncio.to_thread(segmenter.start)
             self.publish = _Publish(folder=folder, app=self.app, segmenter=segmenter)

@@ -10,8 +10,8 @@ from pathlib import Path, PurePosixPath
 import m3u8
 
 from .errors import UnsafeFolderError
-from .playlist import SegmentInfo, archive_playlist, live_playlist, vod_playlist
-from .segments import SEGMENT_FILE, FolderHistory
+from .playlist import LiveEdge, SegmentInfo, archive_playlist, live_playlist, vod_playlist
+from .segments import PART_FILE, SEGMENT_FILE, FolderHistory
 
 LIVE_PLAYLIST, VOD_PLAYLIST, ARCHIVE_PLAYLIST = "live.m3u8", "vod.m3u8", "archive.m3u8"
 _PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
@@ -51,11 +51,33 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         raise
 
 
-def write_playlists(folder: Path, history: FolderHistory, *, window: int, target_s: float, ended: bool) -> None:
-    write_atomic(folder / ARCHIVE_PLAYLIST, archive_playlist(history.segments, configured_s=target_s, ended=ended))
-    write_atomic(folder / LIVE_PLAYLIST, live_playlist(history.segments, window=window, configured_s=target_s, ended=ended))
+def write_playlists(
+    folder: Path,
+    history: FolderHistory,
+    *,
+    window: int,
+    target_s: float,
+    ended: bool,
+    edge: LiveEdge | None = None,
+    archive: bool = True,
+) -> None:
+    """The live playlist (with its low-latency edge, if any), and unless only a part was added, the
+    archive one; the VOD playlist once the publisher ended."""
+    if archive:
+        write_atomic(folder / ARCHIVE_PLAYLIST, archive_playlist(history.segments, configured_s=target_s, ended=ended))
+    live = live_playlist(history.segments, window=window, configured_s=target_s, ended=ended, edge=edge)
+    write_atomic(folder / LIVE_PLAYLIST, live)
     if ended:
         write_atomic(folder / VOD_PLAYLIST, vod_playlist(history.segments, configured_s=target_s))
+
+
+def parts_remove(folder: Path, *, keep_from_index: int | None = None) -> None:
+    """Delete part files of segments before `keep_from_index` (all of them with None): parts are only
+    listed for the last few segments, and the segment file holds the same bytes."""
+    for path in folder.iterdir():
+        match = PART_FILE.match(path.name)
+        if match and (keep_from_index is None or int(match.group(1)) < keep_from_index):
+            path.unlink(missing_ok=True)
 
 
 def load_history(folder: Path) -> FolderHistory:

@@ -137,6 +137,16 @@ def stop_processes(procs: list[subprocess.Popen]) -> None:
             proc.kill()
 
 
+@pytest.fixture(autouse=True)
+def _hls_access_forgotten() -> Iterator[None]:
+    """The HLS origin remembers who may watch for 2 s; ids repeat from one test database to the next."""
+    from classroom.hls_views import hls_access_forget
+
+    hls_access_forget()
+    yield
+    hls_access_forget()
+
+
 @pytest.fixture
 def demo(db) -> dict[str, Any]:
     from classroom.services.demo import demo_seed

@@ -43,7 +43,8 @@ def segments_after(stack: Stack, class_id: int, count: int, *, after: int = -1) 
         pl = playlist(folder) if folder else None
         if pl is None:
             return None
-        numbered = [(pl.media_sequence + i, s) for i, s in enumerate(pl.segments)]
+        # (the open segment of a low-latency playlist, parts only, has no URI yet)
+        numbered = [(pl.media_sequence + i, s) for i, s in enumerate(pl.segments) if s.uri]
         fresh = [(n, s) for n, s in numbered if n > after]
         return fresh if len(fresh) >= count else None
 

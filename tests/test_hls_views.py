@@ -61,7 +61,7 @@ def test_members_get_the_playlist_and_segments_with_the_right_headers(hls):
     segment = client.get(f"/hls/classes/{hls['id']}/seg-0.ts")
     assert segment.status_code == 200 and segment["Content-Type"] == "video/mp2t"
     assert segment["Cache-Control"] == "public, max-age=31536000, immutable"
-    assert b"".join(segment.streaming_content) == b"\x47" * 188 * 4
+    assert segment.content == b"\x47" * 188 * 4
 
 
 def test_a_finished_playlist_is_cacheable(hls):

@@ -31,6 +31,7 @@ class Command(BaseCommand):
             output_dir=settings.CLASSCAST_HLS_ROOT,
             segment_duration_s=settings.CLASSCAST_HLS_SEGMENT_S,
             live_window=settings.CLASSCAST_HLS_WINDOW,
+            part_target_s=settings.CLASSCAST_HLS_PART_S,
         )
         asyncio.run(self._run(config))
 
