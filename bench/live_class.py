@@ -177,7 +177,12 @@ def clip_make(path: Path, *, frames: int = CLIP_FRAMES, video_bps: int = CLIP_VI
         astream = out.add_stream("libopus", rate=48_000, layout="stereo")
         astream.bit_rate = 64_000
         astream.codec_context.options = {"application": "voip", "frame_duration": "20"}
-        with av.open(f"testsrc2=size={CLIP_W}x{CLIP_H}:rate={CLIP_FPS}", format="lavfi") as src:
+        seconds = frames / CLIP_FPS
+        resampler = av.AudioResampler(format="s16", layout="stereo", rate=48_000)
+        with av.open(f"testsrc2=size={CLIP_W}x{CLIP_H}:rate={CLIP_FPS}", format="lavfi") as src, \
+                av.open(f"sine=frequency=440:sample_rate=48000:duration={seconds}", format="lavfi") as tone:
+            tones = tone.decode(audio=0)
+            audio_s = 0.0
             for i, frame in enumerate(src.decode(video=0)):
                 if i == frames:
                     break
@@ -193,15 +198,17 @@ def clip_make(path: Path, *, frames: int = CLIP_FRAMES, video_bps: int = CLIP_VI
                 stamped.pict_type = av.video.frame.PictureType.I if i % CLIP_KEYINT == 0 else av.video.frame.PictureType.NONE
                 for packet in vstream.encode(stamped):
                     out.mux(packet)
+                # interleaved, so a reader in real time (ffmpeg -re) gets both streams as it goes
+                while audio_s < (i + 1) / CLIP_FPS:
+                    chunk = next(tones, None)
+                    if chunk is None:
+                        break
+                    audio_s += chunk.samples / 48_000
+                    for f in resampler.resample(chunk):
+                        for packet in astream.encode(f):
+                            out.mux(packet)
             for packet in vstream.encode(None):
                 out.mux(packet)
-        seconds = frames / CLIP_FPS
-        with av.open(f"sine=frequency=440:sample_rate=48000:duration={seconds}", format="lavfi") as src:
-            resampler = av.AudioResampler(format="s16", layout="stereo", rate=48_000)
-            for frame in src.decode(audio=0):
-                for f in resampler.resample(frame):
-                    for packet in astream.encode(f):
-                        out.mux(packet)
             for packet in astream.encode(None):
                 out.mux(packet)
     with av.open(str(path)) as c:
