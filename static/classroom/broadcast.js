@@ -44,11 +44,10 @@ export function setupBroadcast({ classId, page, send, banner }) {
   function startPlayer(url) {
     const video = $("player");
     if (window.Hls && window.Hls.isSupported()) {
-      // Low-latency mode: blocking reloads and parts, PART-HOLD-BACK (~1 s) behind live; a player that
-      // fell behind (a stall) catches up by playing a little faster rather than jumping.
-      const hls = new window.Hls({
-        lowLatencyMode: true, liveSyncDurationCount: 2, liveMaxLatencyDurationCount: 6, maxLiveSyncPlaybackRate: 1.25,
-      });
+      // Low-latency mode: blocking reloads and parts, PART-HOLD-BACK (~1 s) behind live. No
+      // liveSyncDuration* here: set, they would override the server's hold-back. A player that fell
+      // behind (a stall) catches up by playing a little faster rather than jumping.
+      const hls = new window.Hls({ lowLatencyMode: true, maxLiveSyncPlaybackRate: 1.25 });
       hls.loadSource(url);
       hls.attachMedia(video);
       hls.on(window.Hls.Events.ERROR, (_, data) => {
