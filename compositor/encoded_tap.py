@@ -2,7 +2,9 @@
 
 1. Receiver: encoded frames on their way to the decoder (`receiver_tap`).
 2. Receiver: RTCP it sends - the REMB it tells the publisher is capped (`receiver_remb_cap`).
-3. Sender: RTCP it receives - keyframe requests and REMB reach us (`sender_feedback_tap`); aiortc
+3. Receiver: its receive-side bandwidth estimate, which an egress subscriber does not need
+   (`receiver_estimator_off`).
+4. Sender: RTCP it receives - keyframe requests and REMB reach us (`sender_feedback_tap`); aiortc
    would only act on them for frames it encodes itself, and a forwarding sender encodes nothing.
 
 aiortc has no public API for received encoded media. `RTCRtpReceiver` reassembles RTP packets into
@@ -28,6 +30,7 @@ from . import CompositorError
 
 log = logging.getLogger("classcast.egress")
 _QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"
+_ESTIMATOR_ATTR = "_RTCRtpReceiver__remote_bitrate_estimator"
 _TAPPED = "_classcast_tap"
 
 # (codec name in lower case, payload, RTP timestamp from 0, clock rate)
@@ -61,6 +64,16 @@ def receiver_tap(receiver: Any, *, on_frame: FrameCallback, decode: bool) -> Non
 
     decoder_queue.put = put  # type: ignore[method-assign]
     setattr(decoder_queue, _TAPPED, True)
+
+
+def receiver_estimator_off(receiver: Any) -> None:
+    """Stop this receiver's remote bitrate estimation (and so its REMB). aiortc runs the estimator on every
+    video packet, in Python, only to tell the sender how much it may send; an egress job inside the data
+    centre has nothing to say about that (the stage members' estimates cap the publishers), and the
+    estimator was about an eighth of its receive path. Idempotent."""
+    if not hasattr(receiver, _ESTIMATOR_ATTR):
+        raise TapError("aiortc's RTCRtpReceiver has no remote bitrate estimator; check the pinned aiortc version")
+    setattr(receiver, _ESTIMATOR_ATTR, None)
 
 
 async def receiver_request_keyframe(receiver: Any) -> bool:

@@ -18,7 +18,7 @@ import websockets
 from aiortc import MediaStreamTrack, RTCBundlePolicy, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from . import CompositorError
-from .encoded_tap import receiver_request_keyframe, receiver_tap
+from .encoded_tap import receiver_estimator_off, receiver_request_keyframe, receiver_tap
 
 log = logging.getLogger("classcast.egress")
 
@@ -146,6 +146,8 @@ class StageSubscriber:
         if self.pc is None:
             self.pc = RTCPeerConnection(self.rtc_config)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        for transceiver in self.pc.getTransceivers():
+            receiver_estimator_off(transceiver.receiver)  # an egress job does not steer publishers' bitrates
         if self.on_encoded is not None:
             for transceiver in self.pc.getTransceivers():
                 if transceiver.mid is not None:

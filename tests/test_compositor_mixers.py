@@ -12,7 +12,7 @@ from compositor.audio_mixer import SILENCE_DBOV, AudioMixer, level_dbov
 from compositor.config import Participant
 from compositor.layout import fit_rect, layout_compute
 from compositor.nametag import BLACK_Y, card_color, rgb_to_yuv
-from compositor.video_mixer import LatestFrame, VideoMixer
+from compositor.video_mixer import LatestFrame, VideoMixer, crop_planes
 
 W, H = 1280, 720
 COLORS = {1: (220, 40, 40), 2: (40, 200, 60), 3: (40, 60, 220), 4: (230, 200, 30)}
@@ -91,6 +91,27 @@ def test_the_scaler_is_reused_and_an_unchanged_frame_is_not_rescaled():
     assert mixer._scaled[1] is scaled  # same frame, same rect: no new scaling
     mixer.compose(tiles, {1: LatestFrame(solid(COLORS[2]), 1.2, 2)}, names={}, now=1.2)
     assert mixer._scalers[1] is scaler and mixer._scaled[1] is not scaled
+
+
+def test_a_camera_just_larger_than_its_cell_is_cropped_not_rescaled():
+    """640x360 in a 638x358 grid cell: the centre, pixel for pixel, and no scaler; far off sizes scale."""
+    rng = np.random.default_rng(1)
+    ramp = rng.integers(16, 235, (360, 640, 3), dtype=np.uint8)
+    frame = av.VideoFrame.from_ndarray(ramp, format="rgb24").reformat(format="yuv420p")
+    stage = [Participant(i, f"P{i}") for i in (1, 2, 3, 4)]
+    tiles = layout_compute("grid", stage, width=W, height=H)
+    rect = fit_rect(640, 360, tiles[0].rect)
+    assert (rect.w, rect.h) == (638, 358)
+    planes = crop_planes(frame, rect.w, rect.h)
+    y = frame.to_ndarray()[:360]
+    assert planes is not None and planes[0].shape == (358, 638)
+    assert np.array_equal(planes[0], y[0:358, 0:638])  # even offsets: (640-638)//4*2 = 0
+    mixer = VideoMixer(width=W, height=H)
+    out = mixer.compose(tiles[:1], {1: LatestFrame(frame, 1.0, 1)}, names={}, now=1.0)
+    top = out.to_ndarray()[:H][rect.y : rect.y + 40, rect.x : rect.x + 600]  # above the name tag
+    assert np.array_equal(top, y[:40, :600])
+    assert mixer._scalers[1] is None  # no scaler was made
+    assert crop_planes(frame, 320, 180) is None  # half size: scaled, as before
 
 
 # --- audio ---------------------------------------------------------------------------------------------------
