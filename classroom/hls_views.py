@@ -9,8 +9,11 @@ what they ask for. The view is async: a held request is a suspended coroutine, n
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
+import os
 import re
+import stat as stat_mode
 import time
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from .models import Classroom
 from .permissions import can_view_class
 from .selectors import actor_get
 from .services.ingest import hls_folder_path
+from .services.viewers import WINDOW_S as VIEWER_WINDOW_S
 from .services.viewers import viewer_seen
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}\.(m3u8|ts)$")
@@ -38,6 +42,14 @@ LIVE = "live.m3u8"
 _URI_ATTRIBUTE = re.compile(r'URI="([^"]+)"')
 ACCESS_TTL_S = 2.0  # players poll several times a second; who may watch is decided at most this often
 _access_cache: dict[tuple, tuple[float, bool, Path | None]] = {}
+# Per-request cost matters here (a low-latency viewer asks ~6 times a second): a request whose access
+# decision is remembered, whose viewer was already counted in this window and whose file was just read
+# for another viewer runs on the event loop without a thread hop.
+_viewers_counted: dict[tuple[int, str], int] = {}  # (class, viewer) -> the viewer-count window it was counted in
+MEDIA_CACHE_BYTES = 64 * 1024 * 1024  # recently served segments/parts (immutable files), all classes together
+_media_cache: collections.OrderedDict[str, tuple[tuple[int, int, int], bytes]] = collections.OrderedDict()
+_media_cache_size = 0
+_media_reads: dict[tuple[str, tuple[int, int, int]], asyncio.Future] = {}  # reads under way
 
 
 def hls_token_issue(*, classroom_id: int) -> str:
@@ -83,6 +95,15 @@ def _cors(response: HttpResponse) -> HttpResponse:
     return response
 
 
+def _access_remembered(request: HttpRequest, classroom_id: int, token: str) -> tuple[bool, Path | None] | None:
+    """The decision `_access` remembered for this viewer if it is still fresh (no I/O: runs on the loop)."""
+    who = token or request.COOKIES.get(settings.SESSION_COOKIE_NAME, "")
+    cached = _access_cache.get((classroom_id, who))
+    if cached is not None and cached[0] > time.monotonic():
+        return cached[1], cached[2]
+    return None
+
+
 def _access(request: HttpRequest, classroom_id: int, token: str) -> tuple[bool, Path | None]:
     """(may watch, the class's HLS folder), decided from the database at most every ACCESS_TTL_S per
     viewer; raises Http404 for a class that does not exist."""
@@ -106,12 +127,29 @@ def _access(request: HttpRequest, classroom_id: int, token: str) -> tuple[bool, 
 
 def hls_access_forget() -> None:
     """Forget remembered decisions (tests; a process that changed who may watch needs no call: ≤ 2 s)."""
+    global _media_cache_size
     _access_cache.clear()
+    _viewers_counted.clear()
+    _media_cache.clear()
+    _media_cache_size = 0
 
 
-def _viewer_seen(request: HttpRequest, classroom_id: int, token: str) -> None:
+def _viewer_id(request: HttpRequest, token: str) -> str:
     viewer = token or request.COOKIES.get(settings.SESSION_COOKIE_NAME) or request.META.get("REMOTE_ADDR", "")
-    viewer_seen(classroom_id=classroom_id, viewer_id=hashlib.sha1(viewer.encode()).hexdigest()[:16])
+    return hashlib.sha1(viewer.encode()).hexdigest()[:16]
+
+
+async def _viewer_seen(request: HttpRequest, classroom_id: int, token: str) -> None:
+    """Count the viewer in this window (viewer_seen), once per window per process: the count is of
+    distinct viewers, so a viewer this process already counted in this window needs no cache call."""
+    viewer_id = _viewer_id(request, token)
+    window = int(time.time() // VIEWER_WINDOW_S)
+    if _viewers_counted.get((classroom_id, viewer_id)) == window:
+        return
+    await sync_to_async(viewer_seen)(classroom_id=classroom_id, viewer_id=viewer_id)
+    if len(_viewers_counted) > 100_000:
+        _viewers_counted.clear()
+    _viewers_counted[(classroom_id, viewer_id)] = window
 
 
 def _blocking_query(request: HttpRequest) -> tuple[int, int | None] | None:
@@ -139,7 +177,8 @@ async def hls_file(request: HttpRequest, classroom_id: int, name: str) -> HttpRe
         raise Http404("no such file")
     kind = match.group(1)
     token = request.GET.get("token", "")
-    allowed, folder = await sync_to_async(_access)(request, classroom_id, token)
+    remembered = _access_remembered(request, classroom_id, token)
+    allowed, folder = remembered if remembered is not None else await sync_to_async(_access)(request, classroom_id, token)
     if not allowed:
         metrics.HLS_REQUESTS.labels(kind=kind, result="forbidden").inc()
         return _cors(HttpResponseForbidden("this class's broadcast is for its members"))
@@ -148,7 +187,7 @@ async def hls_file(request: HttpRequest, classroom_id: int, name: str) -> HttpRe
         raise Http404("the broadcast has not started")
     if kind == "ts":
         return await _media_file(folder, name)
-    await sync_to_async(_viewer_seen)(request, classroom_id, token)
+    await _viewer_seen(request, classroom_id, token)
     return await _playlist(request, folder, name, token)
 
 
@@ -165,7 +204,7 @@ async def _media_file(folder: Path, name: str) -> HttpResponse:
 
         await playlist_watch(folder / LIVE).wait_for(written, timeout_s=_hold_s())
     try:
-        data = await asyncio.to_thread(path.read_bytes)
+        data = await _media_bytes(path)
     except (FileNotFoundError, IsADirectoryError):
         metrics.HLS_REQUESTS.labels(kind="ts", result="not_found").inc()
         raise Http404("no such segment") from None
@@ -173,6 +212,43 @@ async def _media_file(folder: Path, name: str) -> HttpResponse:
     response = HttpResponse(data, content_type=CONTENT_TYPES["ts"])
     response["Cache-Control"] = "public, max-age=31536000, immutable"  # segments and parts never change
     return _cors(response)
+
+
+async def _media_bytes(path: Path) -> bytes:
+    """The file's bytes. Segments and parts never change once written (new ones get new names), and all
+    viewers of a class ask for the same few at about the same time: the first request reads the file
+    in a thread, the ones arriving meanwhile wait for that read, later ones take the bytes from memory
+    (recently served files, MEDIA_CACHE_BYTES in all). A file replaced under the same name has another
+    inode or mtime, so it is read again."""
+    global _media_cache_size
+    stat = os.stat(path)  # FileNotFoundError: 404
+    if not stat_mode.S_ISREG(stat.st_mode):
+        raise IsADirectoryError(path)
+    name, stamp = str(path), (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    cached = _media_cache.get(name)
+    if cached is not None and cached[0] == stamp:
+        _media_cache.move_to_end(name)
+        return cached[1]
+    key = (name, stamp)
+    reading = _media_reads.get(key)
+    if reading is not None and reading.get_loop() is asyncio.get_running_loop():
+        return await asyncio.shield(reading)
+    reading = asyncio.ensure_future(asyncio.to_thread(path.read_bytes))
+    _media_reads[key] = reading
+    try:
+        data = await asyncio.shield(reading)
+    finally:
+        if _media_reads.get(key) is reading:
+            del _media_reads[key]
+    if len(data) == stamp[2] and len(data) <= MEDIA_CACHE_BYTES // 8:
+        old = _media_cache.pop(name, None)
+        _media_cache_size -= len(old[1]) if old else 0
+        _media_cache[name] = (stamp, data)
+        _media_cache_size += len(data)
+        while _media_cache_size > MEDIA_CACHE_BYTES:
+            _, (_, dropped) = _media_cache.popitem(last=False)
+            _media_cache_size -= len(dropped)
+    return data
 
 
 async def _playlist(request: HttpRequest, folder: Path, name: str, token: str) -> HttpResponse:
