@@ -5,6 +5,10 @@ classes to anyone, private ones to members or to holders of a signed, expiring t
 Low-latency HLS: a playlist request with `_HLS_msn`/`_HLS_part` (a blocking reload, RFC 8216bis
 6.2.5.2) and a request for the part named in the preload hint are held until the packager has written
 what they ask for. The view is async: a held request is a suspended coroutine, not a thread.
+
+A low-latency viewer asks ~6 times a second, and Django's request cycle costs more than the answer: a
+request whose access decision is remembered (`_access`, ACCESS_TTL_S) is answered by `hls_fast_path`,
+a plain ASGI app in front of Django, with the same code (`hls_answer`); any other goes through the view.
 """
 from __future__ import annotations
 
@@ -15,12 +19,16 @@ import os
 import re
 import stat as stat_mode
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Awaitable, Callable, Mapping
+from urllib.parse import parse_qsl
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core import signing
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden
+from django.http import Http404, HttpRequest, HttpResponse
+from django.http.request import split_domain_port, validate_host
 from django.views.decorators.http import require_GET
 
 from hls_packager.playlist import BlockingRequestError, blocking_request_check, blocking_request_ready
@@ -89,12 +97,6 @@ def playlist_with_token(text: str, token: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cors(response: HttpResponse) -> HttpResponse:
-    response["Access-Control-Allow-Origin"] = "*"
-    response["Access-Control-Allow-Headers"] = "Range"
-    return response
-
-
 def _access_remembered(request: HttpRequest, classroom_id: int, token: str) -> tuple[bool, Path | None] | None:
     """The decision `_access` remembered for this viewer if it is still fresh (no I/O: runs on the loop)."""
     who = token or request.COOKIES.get(settings.SESSION_COOKIE_NAME, "")
@@ -134,15 +136,14 @@ def hls_access_forget() -> None:
     _media_cache_size = 0
 
 
-def _viewer_id(request: HttpRequest, token: str) -> str:
-    viewer = token or request.COOKIES.get(settings.SESSION_COOKIE_NAME) or request.META.get("REMOTE_ADDR", "")
-    return hashlib.sha1(viewer.encode()).hexdigest()[:16]
+def _viewer_of(request: HttpRequest, token: str) -> str:
+    return token or request.COOKIES.get(settings.SESSION_COOKIE_NAME) or request.META.get("REMOTE_ADDR", "")
 
 
-async def _viewer_seen(request: HttpRequest, classroom_id: int, token: str) -> None:
+async def _viewer_seen(classroom_id: int, viewer: str) -> None:
     """Count the viewer in this window (viewer_seen), once per window per process: the count is of
     distinct viewers, so a viewer this process already counted in this window needs no cache call."""
-    viewer_id = _viewer_id(request, token)
+    viewer_id = hashlib.sha1(viewer.encode()).hexdigest()[:16]
     window = int(time.time() // VIEWER_WINDOW_S)
     if _viewers_counted.get((classroom_id, viewer_id)) == window:
         return
@@ -152,9 +153,9 @@ async def _viewer_seen(request: HttpRequest, classroom_id: int, token: str) -> N
     _viewers_counted[(classroom_id, viewer_id)] = window
 
 
-def _blocking_query(request: HttpRequest) -> tuple[int, int | None] | None:
+def _blocking_query(query: Mapping[str, str]) -> tuple[int, int | None] | None:
     """(_HLS_msn, _HLS_part) of a blocking reload, None without one; ValueError if malformed."""
-    msn, part = request.GET.get("_HLS_msn"), request.GET.get("_HLS_part")
+    msn, part = query.get("_HLS_msn"), query.get("_HLS_part")
     if msn is None:
         if part is not None:
             raise ValueError("_HLS_part needs _HLS_msn")
@@ -169,29 +170,65 @@ def _hold_s() -> float:
     return 3 * settings.CLASSCAST_HLS_SEGMENT_S
 
 
+@dataclass
+class Answer:
+    """One HLS response, whichever path (Django's view or the fast path) sends it."""
+
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def text(cls, status: int, message: str) -> "Answer":
+        return cls(status, message.encode())
+
+    def all_headers(self) -> dict[str, str]:
+        # CORS for players on other origins; nosniff as Django's SecurityMiddleware would add.
+        return {"Content-Type": self.content_type, "Access-Control-Allow-Origin": "*",
+                "Access-Control-Allow-Headers": "Range", "X-Content-Type-Options": "nosniff", **self.headers}
+
+
 @require_GET
 async def hls_file(request: HttpRequest, classroom_id: int, name: str) -> HttpResponse:
-    match = NAME.match(name)
-    if match is None:
+    if NAME.match(name) is None:
         metrics.HLS_REQUESTS.labels(kind="other", result="bad_name").inc()
         raise Http404("no such file")
-    kind = match.group(1)
     token = request.GET.get("token", "")
     remembered = _access_remembered(request, classroom_id, token)
     allowed, folder = remembered if remembered is not None else await sync_to_async(_access)(request, classroom_id, token)
+    answer = await hls_answer(
+        classroom_id=classroom_id, name=name, query=request.GET, token=token, allowed=allowed, folder=folder,
+        viewer=_viewer_of(request, token),
+    )
+    response = HttpResponse(answer.body, status=answer.status)
+    for key, value in answer.all_headers().items():
+        response[key] = value
+    return response
+
+
+async def hls_answer(
+    *, classroom_id: int, name: str, query: Mapping[str, str], token: str, allowed: bool, folder: Path | None, viewer: str
+) -> Answer:
+    """The response to GET /hls/classes/<id>/<name> once access is decided (pure of Django's request)."""
+    match = NAME.match(name)
+    if match is None:
+        metrics.HLS_REQUESTS.labels(kind="other", result="bad_name").inc()
+        return Answer.text(404, "no such file")
+    kind = match.group(1)
     if not allowed:
         metrics.HLS_REQUESTS.labels(kind=kind, result="forbidden").inc()
-        return _cors(HttpResponseForbidden("this class's broadcast is for its members"))
+        return Answer.text(403, "this class's broadcast is for its members")
     if folder is None:
         metrics.HLS_REQUESTS.labels(kind=kind, result="not_found").inc()
-        raise Http404("the broadcast has not started")
+        return Answer.text(404, "the broadcast has not started")
     if kind == "ts":
         return await _media_file(folder, name)
-    await _viewer_seen(request, classroom_id, token)
-    return await _playlist(request, folder, name, token)
+    await _viewer_seen(classroom_id, viewer)
+    return await _playlist(query, folder, name, token)
 
 
-async def _media_file(folder: Path, name: str) -> HttpResponse:
+async def _media_file(folder: Path, name: str) -> Answer:
     path = folder / name
     if not path.is_file() and PART_FILE.match(name):
         # The part in the preload hint is asked for before it exists: hold it until it is written (or
@@ -207,11 +244,10 @@ async def _media_file(folder: Path, name: str) -> HttpResponse:
         data = await _media_bytes(path)
     except (FileNotFoundError, IsADirectoryError):
         metrics.HLS_REQUESTS.labels(kind="ts", result="not_found").inc()
-        raise Http404("no such segment") from None
+        return Answer.text(404, "no such segment")
     metrics.HLS_REQUESTS.labels(kind="ts", result="ok").inc()
-    response = HttpResponse(data, content_type=CONTENT_TYPES["ts"])
-    response["Cache-Control"] = "public, max-age=31536000, immutable"  # segments and parts never change
-    return _cors(response)
+    # Segments and parts never change: cache them for good.
+    return Answer(200, data, CONTENT_TYPES["ts"], {"Cache-Control": "public, max-age=31536000, immutable"})
 
 
 async def _media_bytes(path: Path) -> bytes:
@@ -251,48 +287,95 @@ async def _media_bytes(path: Path) -> bytes:
     return data
 
 
-async def _playlist(request: HttpRequest, folder: Path, name: str, token: str) -> HttpResponse:
+async def _playlist(query: Mapping[str, str], folder: Path, name: str, token: str) -> Answer:
     try:
-        blocking = _blocking_query(request) if name == LIVE else None
+        blocking = _blocking_query(query) if name == LIVE else None
     except ValueError as exc:
         metrics.HLS_REQUESTS.labels(kind="m3u8", result="bad_request").inc()
-        return _cors(HttpResponseBadRequest(str(exc)))
+        return Answer.text(400, str(exc))
     if blocking is None:
         try:
             text = await asyncio.to_thread((folder / name).read_text, encoding="utf-8")
         except FileNotFoundError:
             metrics.HLS_REQUESTS.labels(kind="m3u8", result="not_found").inc()
-            raise Http404("no such playlist") from None
+            return Answer.text(404, "no such playlist")
     else:
         msn, part = blocking
         watch = playlist_watch(folder / LIVE)
         watch.refresh()
         if watch.position is None:
-            raise Http404("the broadcast has not started")
+            return Answer.text(404, "the broadcast has not started")
         try:
             blocking_request_check(watch.position, msn=msn, part=part)
         except BlockingRequestError as exc:
             metrics.HLS_REQUESTS.labels(kind="m3u8", result="bad_request").inc()
-            return _cors(HttpResponseBadRequest(str(exc)))
+            return Answer.text(400, str(exc))
         ready = await watch.wait_for(
             lambda w: w.text if w.position and blocking_request_ready(w.position, msn=msn, part=part) else None,
             timeout_s=_hold_s(),
         )
         if ready is None:
             metrics.HLS_REQUESTS.labels(kind="m3u8", result="timeout").inc()
-            response = HttpResponse("the asked-for segment or part did not come in time", status=503)
-            response["Retry-After"] = "1"
-            return _cors(response)
+            answer = Answer.text(503, "the asked-for segment or part did not come in time")
+            answer.headers["Retry-After"] = "1"
+            return answer
         text = ready
     metrics.HLS_REQUESTS.labels(kind="m3u8", result="ok").inc()
     if token:
         text = playlist_with_token(text, token)
-    response = HttpResponse(text, content_type=CONTENT_TYPES["m3u8"])
     if "#EXT-X-ENDLIST" in text:
-        response["Cache-Control"] = "public, max-age=3600"  # finished: cache it like a file
+        cache = "public, max-age=3600"  # finished: cache it like a file
     elif blocking is not None:
         # This URL names one moment of the stream: the answer never changes, caches may keep it.
-        response["Cache-Control"] = f"public, max-age={int(6 * settings.CLASSCAST_HLS_SEGMENT_S)}"
+        cache = f"public, max-age={int(6 * settings.CLASSCAST_HLS_SEGMENT_S)}"
     else:
-        response["Cache-Control"] = "no-cache, max-age=1"  # a live playlist changes every part
-    return _cors(response)
+        cache = "no-cache, max-age=1"  # a live playlist changes every part
+    return Answer(200, text.encode(), CONTENT_TYPES["m3u8"], {"Cache-Control": cache})
+
+
+# --- the fast path: remembered viewers, in front of Django's request cycle ---------------------------------
+
+_FAST_PATH = re.compile(r"^/hls/classes/(\d{1,12})/([^/]{1,100})$")
+ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
+
+
+def hls_fast_path(django_app: ASGIApp) -> ASGIApp:
+    """An ASGI app: GET /hls/classes/<id>/<name> from a viewer whose access Django decided less than
+    ACCESS_TTL_S ago (same token or session cookie) is answered here, by `hls_answer`; everything else
+    (a first request, a refusal, other URLs, other methods) goes to Django unchanged."""
+
+    async def app(scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]) -> None:
+        match = _FAST_PATH.match(scope.get("path", "")) if scope["type"] == "http" and scope["method"] == "GET" else None
+        remembered = None
+        if match is not None:
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+            token = query.get("token", "")
+            who = token or _cookie(headers.get("cookie", ""), settings.SESSION_COOKIE_NAME)
+            cached = _access_cache.get((int(match.group(1)), who))
+            host = split_domain_port(headers.get("host", ""))[0]
+            if cached is not None and cached[0] > time.monotonic() and host and validate_host(host, settings.ALLOWED_HOSTS):
+                remembered = cached
+        if remembered is None:
+            return await django_app(scope, receive, send)
+        client = (scope.get("client") or ("", 0))[0]
+        answer = await hls_answer(
+            classroom_id=int(match.group(1)), name=match.group(2), query=query, token=token,
+            allowed=remembered[1], folder=remembered[2], viewer=who or client,
+        )
+        await send({
+            "type": "http.response.start", "status": answer.status,
+            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.all_headers().items()]
+            + [(b"content-length", str(len(answer.body)).encode())],
+        })
+        await send({"type": "http.response.body", "body": answer.body})
+
+    return app
+
+
+def _cookie(header: str, name: str) -> str:
+    for item in header.split(";"):
+        key, _, value = item.strip().partition("=")
+        if key == name:
+            return value
+    return ""

@@ -1,4 +1,5 @@
-"""ASGI entry point: HTTP through Django, `/ws/classes/<id>/` through the class consumer."""
+"""ASGI entry point: HTTP through Django (HLS requests of viewers it already let in answered in front
+of it, see classroom.hls_views), `/ws/classes/<id>/` through the class consumer."""
 import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -11,11 +12,12 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from classroom.hls_views import hls_fast_path  # noqa: E402
 from classroom.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": hls_fast_path(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

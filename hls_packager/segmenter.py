@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
 import threading
 from datetime import datetime, timezone
 from pathlib import Path

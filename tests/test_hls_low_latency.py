@@ -8,7 +8,6 @@ import io
 import subprocess
 import sys
 import threading
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -365,3 +364,82 @@ def test_hls_js_plays_the_low_latency_stream_in_the_viewer_page(origin_and_packa
     finally:
         publisher.kill()
         publisher.wait()
+
+
+# --- the fast path in front of Django ------------------------------------------------------------------------
+
+class CountingApp:
+    """Django's ASGI app, counting the requests that reach it."""
+
+    def __init__(self) -> None:
+        from django.core.asgi import get_asgi_application
+
+        self.app, self.calls = get_asgi_application(), 0
+
+    async def __call__(self, scope, receive, send):
+        self.calls += 1
+        await self.app(scope, receive, send)
+
+
+async def asgi_get(app, path: str, query: str = "", *, host: str = "testserver", method: str = "GET",
+                   cookie: str = "") -> tuple[int, dict[str, str], bytes]:
+    from asgiref.testing import ApplicationCommunicator
+
+    headers = [(b"host", host.encode())] + ([(b"cookie", cookie.encode())] if cookie else [])
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
+             "headers": headers, "client": ("127.0.0.1", 50000), "server": ("testserver", 80)}
+    communicator = ApplicationCommunicator(app, scope)
+    await communicator.send_input({"type": "http.request", "body": b"", "more_body": False})
+    start = await communicator.receive_output(10)
+    body = b""
+    while True:
+        message = await communicator.receive_output(10)
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    return start["status"], {k.decode().lower(): v.decode() for k, v in start["headers"]}, body
+
+
+async def test_remembered_viewers_are_answered_in_front_of_django_with_the_same_answers(ll_folder):
+    from classroom.hls_views import hls_fast_path
+
+    django_app = CountingApp()
+    app = hls_fast_path(django_app)
+    url = ll_folder["url"] + "live.m3u8"
+    first = await asgi_get(app, url)
+    assert first[0] == 200 and django_app.calls == 1  # decided by Django, and remembered
+    second = await asgi_get(app, url)
+    assert second[0] == 200 and django_app.calls == 1 and second[2] == first[2]
+    for header in ("content-type", "cache-control", "access-control-allow-origin"):
+        assert second[1][header] == first[1][header]
+    # Blocking reloads, held parts and bad requests behave the same on the fast path.
+    held = asyncio.create_task(asgi_get(app, url, "_HLS_msn=15&_HLS_part=2"))
+    await asyncio.sleep(0.3)
+    assert not held.done()
+    write_atomic(ll_folder["folder"] / "live.m3u8", sample_playlist(open_parts=3))
+    status, headers, body = await asyncio.wait_for(held, timeout=3)
+    assert status == 200 and m3u8.loads(body.decode()).preload_hint.uri == "seg-5.part3.ts"
+    assert (await asgi_get(app, url, "_HLS_msn=99"))[0] == 400
+    assert (await asgi_get(app, ll_folder["url"] + "..%2Flive.m3u8"))[0] == 404
+    assert django_app.calls == 1
+    # What the fast path does not know goes to Django: other hosts, other methods.
+    assert (await asgi_get(app, url, host="evil.example"))[0] == 400
+    assert (await asgi_get(app, url, method="POST"))[0] in (403, 405)  # CSRF, or GET only
+    assert django_app.calls == 3
+
+
+async def test_refused_viewers_are_never_remembered(ll_folder):
+    from asgiref.sync import sync_to_async
+
+    from classroom.hls_views import hls_fast_path
+    from classroom.models import Classroom
+
+    await sync_to_async(Classroom.objects.update)(is_public=False)
+    django_app = CountingApp()
+    app = hls_fast_path(django_app)
+    url = ll_folder["url"] + "live.m3u8"
+    for _ in range(2):
+        assert (await asgi_get(app, url))[0] == 403
+        assert (await asgi_get(app, url, "token=forged"))[0] == 403
+    assert django_app.calls == 4
