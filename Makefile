@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(PY) bench/recorder.py
 	$(PY) bench/sfu.py
 	$(PY) bench/hls_origin.py
+	$(PY) bench/class_capacity.py
 
 clean:
 	rm -rf $(VENV) var
