@@ -41,8 +41,8 @@ import av
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from live_class import (  # noqa: E402
-    CLIP_FPS, CLIP_H, CLIP_KEYINT, CLIP_W, ROOT, Clip, LiveStack, clip_make, host_busy_cores, log, luma, pid_cpu_s,
-    segments, stamp_read, tree_cpu_s,
+    CLIP_FPS, CLIP_H, CLIP_KEYINT, CLIP_W, ROOT, Clip, LiveStack, clip_make, host_busy_cores, host_busy_s, log, luma,
+    pid_cpu_s, segments, stamp_read,
 )
 
 sys.path.insert(0, str(ROOT))
@@ -270,7 +270,6 @@ def measure(stack: LiveStack, classes: list[Any], *, window: float, tag: str) ->
     dropped0 = {cid: j.get("broadcast_stats", {}).get("dropped_frames", 0) for cid, j in stack.jobs().items()}
     procs0, jobs0 = stack.cpu_s(), {k: pid_cpu_s(p) for k, p in jobs.items()}
     pubs0 = {c.class_id: c.cpu_s() for c in classes}
-    from live_class import host_busy_s
     host0, w0, m0 = host_busy_s(), time.time(), time.monotonic()
     time.sleep(window)
     procs1, jobs1 = stack.cpu_s(), {k: pid_cpu_s(p) for k, p in jobs.items()}

@@ -6,9 +6,11 @@
     with LiveStack(tmp, classes_max=3) as stack:          # web+media node, packager, workers, beat
         cls = stack.class_start(1, clip)                   # 4 aiortc members on stage, live, recording
         ...
-        cls.send_log("instructor")                         # SendLog: (clip index -> wall-clock send time)
+        cls.send_log("inst1")                              # SendLog of a member (inst<k>, stud<k>a..c)
 
-What it runs, all on 127.0.0.1, in a temp dir (removed at the end unless `keep`):
+What it runs, all on 127.0.0.1, in the caller's temp dir (processes stopped when the `with` ends; the
+caller removes the dir after reading what it needs from it, or keeps it for `--keep`; `keep` is recorded
+for callers):
 
 * the embedded default as the Procfile starts it: SQLite, the in-memory channel layer with the media
   node inside the daphne web process, the filesystem Celery broker; `manage.py hls_packager` (RTMP
@@ -48,19 +50,17 @@ import logging
 import os
 import queue
 import re
-import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import av
 import numpy as np
