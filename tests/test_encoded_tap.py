@@ -23,7 +23,7 @@ from aiortc import (
 )
 
 from compositor import CompositorError
-from compositor.encoded_tap import TapError, receiver_request_keyframe, receiver_tap
+from compositor.encoded_tap import TapError, receiver_estimator_off, receiver_request_keyframe, receiver_tap
 from recorder.writer import TrackWriter, vp8_keyframe_size
 
 WIDTH, HEIGHT, FPS = 320, 240, 30
@@ -433,6 +433,21 @@ def test_tap_refuses_an_object_without_aiortcs_decoder_queue() -> None:
     with pytest.raises(TapError, match="aiortc version"):
         receiver_tap(Moved(), on_frame=Tapped(), decode=True)
     assert issubclass(TapError, CompositorError)
+
+
+async def test_the_receive_side_estimator_can_be_turned_off_on_the_pinned_aiortc() -> None:
+    from aiortc import RTCRtpReceiver
+    from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport
+    from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
+
+    transport = RTCDtlsTransport(RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()])
+    receiver = RTCRtpReceiver("video", transport)
+    assert getattr(receiver, "_RTCRtpReceiver__remote_bitrate_estimator") is not None
+    receiver_estimator_off(receiver)
+    receiver_estimator_off(receiver)  # idempotent
+    assert getattr(receiver, "_RTCRtpReceiver__remote_bitrate_estimator") is None
+    with pytest.raises(TapError, match="aiortc version"):
+        receiver_estimator_off(object())
 
 
 @pytest.mark.slow
