@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(PY) bench/sfu.py
 	$(PY) bench/hls_origin.py
 	$(PY) bench/class_capacity.py
+	$(PY) bench/glass_to_glass.py
 
 clean:
 	rm -rf $(VENV) var
