@@ -49,7 +49,8 @@ CONTENT_TYPES = {"m3u8": "application/vnd.apple.mpegurl", "ts": "video/mp2t"}
 LIVE = "live.m3u8"
 _URI_ATTRIBUTE = re.compile(r'URI="([^"]+)"')
 ACCESS_TTL_S = 2.0  # players poll several times a second; who may watch is decided at most this often
-_access_cache: dict[tuple, tuple[float, bool, Path | None]] = {}
+# (class, viewer's token or session cookie) -> (expires at, the class's HLS folder); only viewers let in
+_access_cache: dict[tuple[int, str], tuple[float, Path]] = {}
 # Per-request cost matters here (a low-latency viewer asks ~6 times a second): a request whose access
 # decision is remembered, whose viewer was already counted in this window and whose file was just read
 # for another viewer runs on the event loop without a thread hop.
@@ -97,33 +98,28 @@ def playlist_with_token(text: str, token: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _access_remembered(request: HttpRequest, classroom_id: int, token: str) -> tuple[bool, Path | None] | None:
-    """The decision `_access` remembered for this viewer if it is still fresh (no I/O: runs on the loop)."""
-    who = token or request.COOKIES.get(settings.SESSION_COOKIE_NAME, "")
+def _remembered(classroom_id: int, who: str) -> Path | None:
+    """The HLS folder of a viewer let in less than ACCESS_TTL_S ago (no I/O: runs on the loop)."""
     cached = _access_cache.get((classroom_id, who))
-    if cached is not None and cached[0] > time.monotonic():
-        return cached[1], cached[2]
-    return None
+    return cached[1] if cached is not None and cached[0] > time.monotonic() else None
+
+
+def _who(request: HttpRequest, token: str) -> str:
+    return token or request.COOKIES.get(settings.SESSION_COOKIE_NAME, "")
 
 
 def _access(request: HttpRequest, classroom_id: int, token: str) -> tuple[bool, Path | None]:
-    """(may watch, the class's HLS folder), decided from the database at most every ACCESS_TTL_S per
-    viewer; raises Http404 for a class that does not exist."""
-    who = token or request.COOKIES.get(settings.SESSION_COOKIE_NAME, "")
-    key = (classroom_id, who)
-    now = time.monotonic()
-    cached = _access_cache.get(key)
-    if cached is not None and cached[0] > now:
-        return cached[1], cached[2]
+    """(may watch, the class's HLS folder), from the database; raises Http404 for a class that does not
+    exist. A viewer let in is remembered for ACCESS_TTL_S; refusals never are (access granted counts at once)."""
     classroom = Classroom.objects.filter(pk=classroom_id).first()
     if classroom is None:
         raise Http404("no such class")
     allowed = _allowed(request, classroom, token)
     folder = hls_folder_path(classroom_id=classroom.pk) if allowed else None
-    if allowed and folder is not None:  # refusals are never remembered: access granted counts at once
+    if allowed and folder is not None:
         if len(_access_cache) > 10_000:
             _access_cache.clear()
-        _access_cache[key] = (now + ACCESS_TTL_S, allowed, folder)
+        _access_cache[(classroom_id, _who(request, token))] = (time.monotonic() + ACCESS_TTL_S, folder)
     return allowed, folder
 
 
@@ -195,8 +191,10 @@ async def hls_file(request: HttpRequest, classroom_id: int, name: str) -> HttpRe
         metrics.HLS_REQUESTS.labels(kind="other", result="bad_name").inc()
         raise Http404("no such file")
     token = request.GET.get("token", "")
-    remembered = _access_remembered(request, classroom_id, token)
-    allowed, folder = remembered if remembered is not None else await sync_to_async(_access)(request, classroom_id, token)
+    folder = _remembered(classroom_id, _who(request, token))
+    allowed = folder is not None
+    if not allowed:
+        allowed, folder = await sync_to_async(_access)(request, classroom_id, token)
     answer = await hls_answer(
         classroom_id=classroom_id, name=name, query=request.GET, token=token, allowed=allowed, folder=folder,
         viewer=_viewer_of(request, token),
@@ -230,19 +228,24 @@ async def hls_answer(
 
 async def _media_file(folder: Path, name: str) -> Answer:
     path = folder / name
-    if not path.is_file() and PART_FILE.match(name):
-        # The part in the preload hint is asked for before it exists: hold it until it is written (or
-        # the hint moves on without it, or the stream ends).
-        def written(watch) -> str | None:
-            if path.is_file():
-                return "written"
-            position = watch.position
-            return "gone" if position is None or position.ended or position.hint != name else None
-
-        await playlist_watch(folder / LIVE).wait_for(written, timeout_s=_hold_s())
     try:
         data = await _media_bytes(path)
-    except (FileNotFoundError, IsADirectoryError):
+    except FileNotFoundError:
+        data = None
+        if PART_FILE.match(name):
+            # The part in the preload hint is asked for before it exists: hold it until it is written (or
+            # the hint moves on without it, or the stream ends).
+            def written(watch) -> str | None:
+                if path.is_file():
+                    return "written"
+                position = watch.position
+                return "gone" if position is None or position.ended or position.hint != name else None
+
+            if await playlist_watch(folder / LIVE).wait_for(written, timeout_s=_hold_s()) == "written":
+                data = await _media_bytes(path)
+    except IsADirectoryError:
+        data = None
+    if data is None:
         metrics.HLS_REQUESTS.labels(kind="ts", result="not_found").inc()
         return Answer.text(404, "no such segment")
     metrics.HLS_REQUESTS.labels(kind="ts", result="ok").inc()
@@ -346,22 +349,21 @@ def hls_fast_path(django_app: ASGIApp) -> ASGIApp:
 
     async def app(scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]) -> None:
         match = _FAST_PATH.match(scope.get("path", "")) if scope["type"] == "http" and scope["method"] == "GET" else None
-        remembered = None
+        folder = None
         if match is not None:
             headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
             query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
             token = query.get("token", "")
             who = token or _cookie(headers.get("cookie", ""), settings.SESSION_COOKIE_NAME)
-            cached = _access_cache.get((int(match.group(1)), who))
             host = split_domain_port(headers.get("host", ""))[0]
-            if cached is not None and cached[0] > time.monotonic() and host and validate_host(host, settings.ALLOWED_HOSTS):
-                remembered = cached
-        if remembered is None:
+            if host and validate_host(host, settings.ALLOWED_HOSTS):
+                folder = _remembered(int(match.group(1)), who)
+        if folder is None:
             return await django_app(scope, receive, send)
         client = (scope.get("client") or ("", 0))[0]
         answer = await hls_answer(
             classroom_id=int(match.group(1)), name=match.group(2), query=query, token=token,
-            allowed=remembered[1], folder=remembered[2], viewer=who or client,
+            allowed=True, folder=folder, viewer=who or client,
         )
         await send({
             "type": "http.response.start", "status": answer.status,

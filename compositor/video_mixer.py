@@ -71,7 +71,7 @@ class VideoMixer:
     def __init__(self, *, width: int, height: int, stale_after_s: float = 2.0) -> None:
         self.width, self.height = width, height
         self.stale_after_s = stale_after_s
-        self._scalers: dict[int, VideoReformatter | None] = {}  # None: cropped, no scaler needed
+        self._scalers: dict[int, VideoReformatter] = {}  # only for inputs that are rescaled, not cropped
         self._scaled: dict[int, _Scaled] = {}
         self._ring = [self._slot(), self._slot()]
         self._next = 0
@@ -81,7 +81,7 @@ class VideoMixer:
         return _Slot(frame, (plane_array(frame, 0), plane_array(frame, 1), plane_array(frame, 2)))
 
     def user_ids(self) -> set[int]:
-        return set(self._scalers)
+        return set(self._scaled)  # everyone whose picture was prepared (scaled or cropped) at least once
 
     def forget(self, user_id: int) -> None:
         self._scalers.pop(user_id, None)
@@ -146,8 +146,6 @@ class VideoMixer:
                 scaler = self._scalers[user_id] = VideoReformatter()
             scaled = scaler.reformat(entry.frame, width=rect.w, height=rect.h, format="yuv420p")
             planes = (plane_array(scaled, 0), plane_array(scaled, 1), plane_array(scaled, 2))
-        else:
-            self._scalers.setdefault(user_id, None)
         self._scaled[user_id] = _Scaled(entry.seq, rect, planes)
         return planes
 

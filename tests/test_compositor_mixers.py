@@ -110,7 +110,7 @@ def test_a_camera_just_larger_than_its_cell_is_cropped_not_rescaled():
     out = mixer.compose(tiles[:1], {1: LatestFrame(frame, 1.0, 1)}, names={}, now=1.0)
     top = out.to_ndarray()[:H][rect.y : rect.y + 40, rect.x : rect.x + 600]  # above the name tag
     assert np.array_equal(top, y[:40, :600])
-    assert mixer._scalers[1] is None  # no scaler was made
+    assert 1 not in mixer._scalers and mixer.user_ids() == {1}  # no scaler was made, still a known input
     assert crop_planes(frame, 320, 180) is None  # half size: scaled, as before
 
 
