@@ -23,6 +23,7 @@ import collections
 import logging
 import time
 from fractions import Fraction
+from functools import lru_cache
 from typing import Callable
 
 import av
@@ -149,7 +150,6 @@ class ForwardTrack(MediaStreamTrack):
         self._need_keyframe = kind == "video"
         self._offset: int | None = None  # out timestamp = in timestamp + offset
         self._last_out = -FRAME_TICKS[kind]
-        self._clock_rate = 90_000 if kind == "video" else 48_000
 
     def switch(self, source: PublishedTrack | None) -> None:
         if self.source is source:
@@ -213,7 +213,7 @@ class ForwardTrack(MediaStreamTrack):
             self._last_out = out
             packet = av.Packet(frame.data)
             packet.pts = out
-            packet.time_base = Fraction(1, frame.clock_rate)
+            packet.time_base = _time_base(frame.clock_rate)
             self.forwarded += 1
             return packet
 
@@ -221,3 +221,9 @@ class ForwardTrack(MediaStreamTrack):
         super().stop()
         self.switch(None)
         self._ready.set()
+
+
+@lru_cache(maxsize=8)
+def _time_base(clock_rate: int) -> Fraction:
+    """1/clock rate, made once: recv() runs per frame per subscriber, and a Fraction costs microseconds."""
+    return Fraction(1, clock_rate)
