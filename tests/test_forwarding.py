@@ -112,13 +112,19 @@ async def test_forwarded_payloads_are_bit_exact_and_nothing_is_decoded(room_and_
         await close_all(room, clients)
 
 
+async def publisher_and_subscriber(room, clients):
+    """A publisher and one subscriber that has had its first picture."""
+    pub = await join(room, clients, "pub", 1)
+    sub = await join(room, clients, "sub", 2, publish=False)
+    await wait_for(lambda: sub.receiver_track(1, "video") is not None)
+    await asyncio.wait_for(sub.receiver_track(1, "video").recv(), timeout=20)
+    return pub, sub
+
+
 async def test_keyframe_requests_reach_the_publisher_coalesced(room_and_clients):
     room, clients = room_and_clients
     try:
-        pub = await join(room, clients, "pub", 1)
-        sub = await join(room, clients, "sub", 2, publish=False)
-        await wait_for(lambda: sub.receiver_track(1, "video") is not None)
-        await asyncio.wait_for(sub.receiver_track(1, "video").recv(), timeout=20)
+        pub, sub = await publisher_and_subscriber(room, clients)
         await wait_for(lambda: "publish" in pub.pcs)
         sender = next(t.sender for t in pub.pcs["publish"].getTransceivers() if t.kind == "video")
         asked = []
@@ -160,10 +166,7 @@ async def test_a_late_joiner_gets_a_picture_at_once(room_and_clients):
 async def test_subscriber_remb_caps_what_the_publisher_hears(room_and_clients):
     room, clients = room_and_clients
     try:
-        pub = await join(room, clients, "pub", 1)
-        sub = await join(room, clients, "sub", 2, publish=False)
-        await wait_for(lambda: sub.receiver_track(1, "video") is not None)
-        await asyncio.wait_for(sub.receiver_track(1, "video").recv(), timeout=20)
+        pub, sub = await publisher_and_subscriber(room, clients)
         sender = next(t.sender for t in pub.pcs["publish"].getTransceivers() if t.kind == "video")
         heard = []
         original = sender._handle_rtcp_packet
