@@ -32,15 +32,14 @@ class PlaylistWatch:
         """Read the file again if it changed (a rename by the packager gives a new inode or mtime)."""
         try:
             stat = os.stat(self.path)
-        except FileNotFoundError:
-            return False
-        stamp = (stat.st_ino, stat.st_mtime_ns)
-        if stamp == self._stamp:
-            return False
-        try:
+            stamp = (stat.st_ino, stat.st_mtime_ns)
+            if stamp == self._stamp:
+                return False
             text = self.path.read_text(encoding="utf-8")  # a few KB in the page cache
-        except FileNotFoundError:
-            return False
+        except FileNotFoundError:  # gone (the folder was removed): nothing to serve
+            changed = self._stamp is not None
+            self._stamp, self.text, self.position = None, "", None
+            return changed
         self._stamp, self.text, self.position = stamp, text, playlist_position(text)
         return True
 

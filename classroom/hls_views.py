@@ -296,7 +296,15 @@ async def _playlist(query: Mapping[str, str], folder: Path, name: str, token: st
     except ValueError as exc:
         metrics.HLS_REQUESTS.labels(kind="m3u8", result="bad_request").inc()
         return Answer.text(400, str(exc))
-    if blocking is None:
+    if blocking is None and name == LIVE:
+        # The live playlist through its shared watch: read again only when the packager replaced it.
+        watch = playlist_watch(folder / LIVE)
+        watch.refresh()
+        if watch.position is None:
+            metrics.HLS_REQUESTS.labels(kind="m3u8", result="not_found").inc()
+            return Answer.text(404, "no such playlist")
+        text = watch.text
+    elif blocking is None:
         try:
             text = await asyncio.to_thread((folder / name).read_text, encoding="utf-8")
         except FileNotFoundError:
