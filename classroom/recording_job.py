@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -18,6 +20,25 @@ from .services.broadcast import worker_name
 from .services.recordings import recording_claim, recording_finish, recording_heartbeat
 
 log = logging.getLogger("classcast.recording")
+GROWING = ("frames", "bytes")  # change every heartbeat; written at most every `every_s`
+
+
+class FilesReport:
+    """Decides when a heartbeat carries the track files. A file opened or closed goes at once (a job
+    that dies has still told the database what it wrote); counters that merely grow go every `every_s`,
+    since each reported row is an UPDATE and an fsync per second per track on the embedded SQLite."""
+
+    def __init__(self, *, every_s: float) -> None:
+        self.every_s = every_s
+        self._shape: list[dict[str, Any]] | None = None
+        self._sent_at = float("-inf")
+
+    def due(self, files: list[dict[str, Any]], *, now: float) -> bool:
+        shape = [{k: v for k, v in f.items() if k not in GROWING} for f in files]
+        if shape == self._shape and now - self._sent_at < self.every_s:
+            return False
+        self._shape, self._sent_at = shape, now
+        return True
 
 
 def recording_job_run(*, recording_id: int) -> str:
@@ -44,11 +65,13 @@ def recording_job_run(*, recording_id: int) -> str:
 
 async def _supervise(recording: Recording, recorder: StageRecorder, worker: str) -> None:
     stage = asyncio.ensure_future(recorder.run())
+    report = FilesReport(every_s=settings.CLASSCAST_RECORDING_FILES_REPORT_S)
     try:
         while True:
+            files = jsonable(recorder.files())
             control = await database_sync_to_async(recording_heartbeat)(
                 recording_id=recording.pk, worker=worker, stats=jsonable(recorder.stats()),
-                joined=recorder.joined, files=jsonable(recorder.files()),
+                joined=recorder.joined, files=files if report.due(files, now=time.monotonic()) else None,
             )
             if control["stop"]:
                 log.info("recording stopping: %s", control.get("reason"), extra={"recording_id": recording.pk})

@@ -224,6 +224,8 @@ STORAGES = {
 CLASSCAST_RECORDING_RETENTION_DAYS = env_int("CLASSCAST_RECORDING_RETENTION_DAYS", 90)
 CLASSCAST_RECORDING_HEARTBEAT_S = float(env_str("CLASSCAST_RECORDING_HEARTBEAT_S", "1.0"))
 CLASSCAST_RECORDING_STALE_S = float(env_str("CLASSCAST_RECORDING_STALE_S", "10.0"))
+# A track file's growing frame count reaches its row this often (opened/closed files: at once).
+CLASSCAST_RECORDING_FILES_REPORT_S = 10.0
 # Signed download/playback links live this long.
 CLASSCAST_RECORDING_LINK_TTL_S = env_int("CLASSCAST_RECORDING_LINK_TTL_S", 600)
 # Quality checks: black, frozen or silent stretches at least this long are reported.

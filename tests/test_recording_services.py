@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from classroom.errors import InvalidState, NotAllowed
 from classroom.models import Classroom, Recording, RecordingStatus, SessionEvent
+from classroom.recording_job import FilesReport
 from classroom.selectors import actor_get, class_state
 from classroom.services.recordings import (
     recording_claim,
@@ -92,6 +93,30 @@ def test_job_lifecycle_claim_heartbeat_stop_finish(cls, django_capture_on_commit
     assert recording.status == RecordingStatus.PROCESSING and recording.complete and recording.stopped_at
     assert recording.files.get().end_ms == 5000
     assert len(callbacks) == 1  # post-processing
+
+
+def test_a_heartbeat_without_files_leaves_the_file_rows_alone(cls):
+    recording = recording_start(classroom_id=cls.id, actor=cls.actor("ada"))
+    recording_claim(recording_id=recording.pk, worker="h:1")
+    recording_heartbeat(recording_id=recording.pk, worker="h:1", stats={}, joined=True, files=[{**FILE, "frames": 10}])
+    control = recording_heartbeat(recording_id=recording.pk, worker="h:1", stats={"frames": 99}, joined=True, files=None)
+    assert control["stop"] is False
+    recording.refresh_from_db()
+    assert recording.stats == {"frames": 99}  # the heartbeat itself landed
+    assert list(recording.files.values_list("name", "frames")) == [(FILE["name"], 10)]
+
+
+def test_files_report_sends_opened_and_closed_files_at_once_and_growing_counts_every_period():
+    report = FilesReport(every_s=10)
+    one = [{**FILE, "frames": 1, "bytes": 100}]
+    assert report.due(one, now=0.0)  # the first heartbeat always carries them
+    assert not report.due([{**FILE, "frames": 30, "bytes": 900}], now=1.0)  # only counters grew
+    assert report.due([{**FILE, "frames": 300, "bytes": 9000}], now=10.0)  # ... reported every 10 s
+    closed = [{**FILE, "frames": 310, "bytes": 9100, "end_ms": 11000}]
+    assert report.due(closed, now=11.0)  # a file closed: at once
+    opened = closed + [{**FILE, "name": "tracks/u2-video-1.webm", "frames": 0, "bytes": 0}]
+    assert report.due(opened, now=11.5)  # a file opened: at once
+    assert not report.due(opened, now=12.0)
 
 
 def test_a_dead_worker_is_replaced_and_the_gap_noted(cls, settings, django_capture_on_commit_callbacks):

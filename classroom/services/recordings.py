@@ -171,13 +171,14 @@ def recording_claim(*, recording_id: int, worker: str) -> Recording | None:
 
 @transaction.atomic
 def recording_heartbeat(
-    *, recording_id: int, worker: str, stats: dict[str, Any], joined: bool, files: list[dict[str, Any]]
+    *, recording_id: int, worker: str, stats: dict[str, Any], joined: bool, files: list[dict[str, Any]] | None
 ) -> dict[str, Any]:
-    """Report stats and the files written so far; returns whether the job should stop."""
+    """Report stats and (when given) the files written so far; returns whether the job should stop."""
     recording = Recording.objects.select_for_update().select_related("session").get(pk=recording_id)
     if recording.worker != worker:
         return {"stop": True, "reason": "taken over by another worker"}
-    recording_files_report(recording=recording, files=files)
+    if files is not None:
+        recording_files_report(recording=recording, files=files)
     recording.heartbeat_at = timezone.now()
     recording.stats = stats
     fields = ["heartbeat_at", "stats"]
