@@ -8,7 +8,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 export DJANGO_SETTINGS_MODULE := config.settings
 
-.PHONY: run setup test test-embedded test-scaled system-deps bench clean
+.PHONY: run setup test test-embedded test-scaled system-deps bench-deps bench clean
 
 $(STAMP): requirements.txt node_modules/.installed
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,7 +52,13 @@ test-embedded: $(STAMP)
 	env -u DATABASE_URL -u REDIS_URL -u CELERY_BROKER_URL CLASSCAST_VAR_DIR=$(CURDIR)/var/test-embedded \
 	$(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
-bench: $(STAMP)
+# bench/hls_origin.py measures the README's nginx setup beside the app's own origin.
+bench-deps:
+	@command -v nginx >/dev/null || { \
+	  echo "installing nginx (apt)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; }
+
+bench: $(STAMP) system-deps bench-deps
 	$(PY) bench/join_time.py
 	$(PY) bench/compositor.py
 	$(PY) bench/hls_ingest.py

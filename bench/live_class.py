@@ -587,8 +587,10 @@ class LiveStack:
             cls.wait_ready(timeout)
         return started
 
-    def wait_on_air(self, classes: list[ClassProcess], *, timeout: float = 90.0) -> None:
-        """Until each class's program has HLS segments, its compositor runs, and 8 recording tracks exist."""
+    def wait_on_air(self, classes: list[ClassProcess], *, timeout: float = 90.0, strict: bool = True) -> list[str]:
+        """Until each class's program has HLS segments, its compositor runs, and 8 recording tracks exist.
+        Returns what is still missing at the timeout when not `strict` (an overloaded machine is a
+        result to report, not a crash); raises otherwise."""
         deadline = time.monotonic() + timeout
         missing: list[str] = []
         while time.monotonic() < deadline:
@@ -604,8 +606,10 @@ class LiveStack:
                 if len(cls.recording_tracks()) < 8:
                     missing.append(f"class {cls.info.number}: 8 recording tracks ({len(cls.recording_tracks())})")
             if not missing:
-                return
+                return []
             time.sleep(0.5)
+        if not strict:
+            return missing
         raise StackError(f"not on air after {timeout:.0f} s: {missing}\n{self.logs()}")
 
     # -- what the database says about the jobs (read-only; the bench's own look at SQLite) --
@@ -697,7 +701,7 @@ async def _class_run(spec: dict[str, Any]) -> None:
     import websockets
     from aiortc import MediaStreamTrack, RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-    from compositor.encoded_tap import receiver_tap, sender_feedback_tap
+    from compositor.encoded_tap import ice_receive_buffer, receiver_tap, sender_feedback_tap
 
     # gather on loopback only (the media node's CLASSCAST_ICE_HOST_ADDRESSES seam, done here without Django)
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
@@ -834,6 +838,8 @@ async def _class_run(spec: dict[str, Any]) -> None:
                     self.received.setdefault(mid, 0)
                     receiver_tap(transceiver.receiver, on_frame=self._counter(mid), decode=False)
             await pc.setLocalDescription(await pc.createAnswer())
+            if name == "subscribe":  # stand-ins for browsers on their own machines: not starved by this host
+                ice_receive_buffer(pc, size=4 * 1024 * 1024)
             await self.ws.send(json.dumps({"type": "rtc.answer", "pc": name, "sdp": pc.localDescription.sdp}))
 
         def _keyframe(self) -> None:

@@ -34,7 +34,8 @@ def signaling_config(*, classroom_id: int, name: str = "compositor") -> StageCli
     token = service_token_issue(classroom_id=classroom_id, purpose="egress", name=name)
     parts = urlsplit(base)
     origin = f"{'https' if parts.scheme == 'wss' else 'http'}://{parts.netloc}"
-    return StageClientConfig(ws_url=f"{base}/ws/classes/{classroom_id}/?token={token}", origin=origin)
+    return StageClientConfig(ws_url=f"{base}/ws/classes/{classroom_id}/?token={token}", origin=origin,
+                             udp_receive_buffer=settings.CLASSCAST_UDP_RECEIVE_BUFFER)
 
 
 def broadcast_job_run(*, broadcast_id: int) -> str:

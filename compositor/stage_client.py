@@ -18,7 +18,7 @@ import websockets
 from aiortc import MediaStreamTrack, RTCBundlePolicy, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from . import CompositorError
-from .encoded_tap import receiver_estimator_off, receiver_request_keyframe, receiver_tap
+from .encoded_tap import ice_receive_buffer, receiver_estimator_off, receiver_request_keyframe, receiver_tap
 
 log = logging.getLogger("classcast.egress")
 
@@ -32,6 +32,7 @@ class StageClientConfig:
     ws_url: str  # ws(s)://host/ws/classes/<id>/?token=<service token>
     origin: str  # the site's own origin (the socket checks it like a browser's)
     open_timeout_s: float = 10.0
+    udp_receive_buffer: int = 0  # bytes of kernel buffer for the stage's media; 0 keeps the kernel's
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,8 @@ class StageSubscriber:
                 if transceiver.mid is not None:
                     receiver_tap(transceiver.receiver, on_frame=self._encoded_for(transceiver.mid), decode=self.decode)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
+        if self.config.udp_receive_buffer:  # the whole stage arrives on this one (bundled) socket
+            ice_receive_buffer(self.pc, size=self.config.udp_receive_buffer)
         await self._send("rtc.answer", pc="subscribe", sdp=self.pc.localDescription.sdp)
         tracks = {}
         for transceiver in self.pc.getTransceivers():

@@ -161,6 +161,10 @@ CLASSCAST_TURN_TTL_S = env_int("CLASSCAST_TURN_TTL_S", 3600)
 # Host addresses aiortc offers as ICE candidates (comma list, e.g. 127.0.0.1 or the public IP);
 # empty = every interface but loopback, as aioice chooses.
 CLASSCAST_ICE_HOST_ADDRESSES = env_list("CLASSCAST_ICE_HOST_ADDRESSES", [])
+# Kernel receive buffer (bytes) asked for on each UDP socket that takes media in (a publisher's
+# connection on the media node, an egress job's stage connection); capped by net.core.rmem_max. 0 keeps
+# the kernel default (~208 KB, under half a second of a whole stage).
+CLASSCAST_UDP_RECEIVE_BUFFER = env_int("CLASSCAST_UDP_RECEIVE_BUFFER", 4 * 1024 * 1024)
 # The media node runs inside the web process unless the channel layer can reach another process.
 CLASSCAST_MEDIA_NODE_EMBEDDED = env_bool("CLASSCAST_MEDIA_NODE_EMBEDDED", not REDIS_URL)
 CLASSCAST_MEDIA_NODE_ID = env_str("CLASSCAST_MEDIA_NODE_ID", f"{socket.gethostname()}-node")

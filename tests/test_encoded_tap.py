@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from fractions import Fraction
 from typing import Any, Callable
 
@@ -23,7 +24,13 @@ from aiortc import (
 )
 
 from compositor import CompositorError
-from compositor.encoded_tap import TapError, receiver_estimator_off, receiver_request_keyframe, receiver_tap
+from compositor.encoded_tap import (
+    TapError,
+    ice_receive_buffer,
+    receiver_estimator_off,
+    receiver_request_keyframe,
+    receiver_tap,
+)
 from recorder.writer import TrackWriter, vp8_keyframe_size
 
 WIDTH, HEIGHT, FPS = 320, 240, 30
@@ -421,6 +428,49 @@ async def test_tapping_twice_delivers_once(loopback_only: None) -> None:
     _assert_vp8_stream(video.frames)  # strictly increasing: no frame handed over twice
     pts = [f.pts for f in reader.frames]
     assert pts == video.timestamps[: len(pts)]  # and the decoder got each frame once
+
+
+@pytest.mark.slow
+async def test_the_receive_buffer_of_a_connections_sockets_grows_and_media_still_flows(loopback_only: None) -> None:
+    rmem_max = int(open("/proc/sys/net/core/rmem_max").read())
+    wanted = 1024 * 1024
+    video = Tapped()
+    async with Call(audio=True) as call:
+        receivers = await call.offer()
+        receiver_tap(receivers["video"], on_frame=video, decode=False)
+        await call.answer()
+        before = [p.transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+                  for p in call.sub.getTransceivers()[0].receiver.transport.transport.iceGatherer._connection._protocols]
+        granted = ice_receive_buffer(call.sub, size=wanted)
+        assert granted and len(granted) == len(before)  # bundled: every socket of the one ICE transport
+        # Linux reports twice what it grants (bookkeeping overhead), capped by net.core.rmem_max.
+        assert all(g >= min(wanted, rmem_max) for g in granted)
+        assert ice_receive_buffer(call.sub, size=wanted) == granted  # idempotent
+        await wait_until(lambda: len(video) >= 15, "15 frames after the change")
+
+
+def test_the_receive_buffer_seam_refuses_an_ice_transport_it_does_not_know() -> None:
+    class Gatherer:
+        _connection = None
+
+    class Ice:
+        iceGatherer = Gatherer()
+
+    class Dtls:
+        transport = Ice()
+
+    class End:
+        transport = Dtls()
+
+    class Transceiver:
+        receiver = sender = End()
+
+    class Pc:
+        def getTransceivers(self) -> list[Any]:
+            return [Transceiver()]
+
+    with pytest.raises(TapError, match="aiortc/aioice versions"):
+        ice_receive_buffer(Pc(), size=1 << 20)
 
 
 def test_tap_refuses_an_object_without_aiortcs_decoder_queue() -> None:

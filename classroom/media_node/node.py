@@ -136,7 +136,7 @@ class MediaNode:
         if room is None and create:
             room = self.rooms[session_id] = Room(
                 session_id=session_id, rtc_config=self.rtc_config, send=self.layer.send,
-                video_codec=settings.CLASSCAST_VIDEO_CODEC,
+                video_codec=settings.CLASSCAST_VIDEO_CODEC, udp_receive_buffer=settings.CLASSCAST_UDP_RECEIVE_BUFFER,
             )
         return room
 

@@ -33,7 +33,13 @@ from aiortc import (
 )
 from aiortc.sdp import candidate_from_sdp
 
-from compositor.encoded_tap import receiver_remb_cap, receiver_request_keyframe, receiver_tap, sender_feedback_tap
+from compositor.encoded_tap import (
+    ice_receive_buffer,
+    receiver_remb_cap,
+    receiver_request_keyframe,
+    receiver_tap,
+    sender_feedback_tap,
+)
 
 from .. import metrics
 from .forwarding import ForwardTrack, PublishedTrack
@@ -107,9 +113,13 @@ class Peer:
 class Room:
     """Every peer connection of one live session on this node."""
 
-    def __init__(self, *, session_id: int, rtc_config: RTCConfiguration, send: Send, video_codec: str = "vp8") -> None:
+    def __init__(
+        self, *, session_id: int, rtc_config: RTCConfiguration, send: Send, video_codec: str = "vp8",
+        udp_receive_buffer: int = 0,
+    ) -> None:
         self.session_id = session_id
         self.rtc_config = rtc_config
+        self.udp_receive_buffer = udp_receive_buffer  # bytes per publisher socket; 0 keeps the kernel's
         self.send = send
         self.codecs = {"audio": codec_preferences("audio", "opus"), "video": codec_preferences("video", video_codec)}
         self.peers: dict[str, Peer] = {}
@@ -145,6 +155,8 @@ class Room:
                 if kind == "video":
                     receiver_remb_cap(transceiver.receiver, cap=source.remb_cap)
             await pub.setLocalDescription(await pub.createOffer())
+            if self.udp_receive_buffer:  # a publisher's media arrives here; subscribers only send RTCP
+                ice_receive_buffer(pub, size=self.udp_receive_buffer)
             await self._send_safely(
                 spec.peer_id, {"type": "media.offer", "pc": PUBLISH, "sdp": pub.localDescription.sdp, "tracks": {}}
             )
