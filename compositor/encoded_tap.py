@@ -15,6 +15,10 @@ unit, an Opus packet - and its RTP timestamp counted from 0) and hands `(codec, 
 thread through a private `queue.Queue`. `receiver_tap` wraps that queue's `put` on one receiver: every
 frame goes to `on_frame` first (on the event loop's thread, so it must only hand off), and on to the
 decoder only when `decode` is true. A recorder that only writes files therefore decodes nothing.
+That queue has no bound: a decoder starved of CPU falls further and further behind, and whoever reads
+the track sees frames seconds old. With `max_backlog`, a video frame that finds that many frames still
+waiting makes the tap drop them and wait for the next keyframe (asking for one through `on_backlog`),
+as the media node does for a subscriber that falls behind; audio drops its oldest frame instead.
 
 If an aiortc upgrade moves the queue, `receiver_tap` raises `TapError` instead of silently recording
 nothing; `tests/test_encoded_tap.py` and `tests/test_sfu.py` pin the behaviour against the installed
@@ -30,6 +34,7 @@ from typing import Any, Callable
 from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket, pack_remb_fci, unpack_remb_fci
 
 from . import CompositorError
+from .keyframes import is_keyframe
 
 log = logging.getLogger("classcast.egress")
 _QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"
@@ -44,29 +49,84 @@ class TapError(CompositorError):
     """aiortc's receiver no longer looks the way this seam expects."""
 
 
-def receiver_tap(receiver: Any, *, on_frame: FrameCallback, decode: bool) -> None:
-    """Send this receiver's encoded frames to `on_frame` (and to its decoder if `decode`). Idempotent."""
+def receiver_tap(
+    receiver: Any,
+    *,
+    on_frame: FrameCallback | None,
+    decode: bool,
+    max_backlog: int = 0,
+    on_backlog: Callable[[], object] | None = None,
+) -> None:
+    """Send this receiver's encoded frames to `on_frame` (and to its decoder if `decode`, never letting
+    more than `max_backlog` frames wait for it when that is set). Idempotent."""
     decoder_queue = getattr(receiver, _QUEUE_ATTR, None)
     if not isinstance(decoder_queue, queue.Queue):
         raise TapError("aiortc's RTCRtpReceiver has no decoder queue to tap; check the pinned aiortc version")
     if getattr(decoder_queue, _TAPPED, False):
         return
     original_put = decoder_queue.put
+    guard = _Backlog(decoder_queue, max_backlog, on_backlog) if decode and max_backlog > 0 else None
 
     def put(item: Any, block: bool = True, timeout: float | None = None) -> None:
         if item is None:  # the receiver is stopping: let the decoder thread (and the track) end
             original_put(item, block, timeout)
             return
         codec, frame = item
-        try:
-            on_frame(codec.name.lower(), frame.data, int(frame.timestamp), int(codec.clockRate))
-        except Exception:  # noqa: BLE001 - a consumer's bug must not break aiortc's receive path
-            log.exception("encoded frame consumer failed")
-        if decode:
+        name = codec.name.lower()
+        if on_frame is not None:
+            try:
+                on_frame(name, frame.data, int(frame.timestamp), int(codec.clockRate))
+            except Exception:  # noqa: BLE001 - a consumer's bug must not break aiortc's receive path
+                log.exception("encoded frame consumer failed")
+        if decode and (guard is None or guard.admit(name, frame.data)):
             original_put(item, block, timeout)
 
     decoder_queue.put = put  # type: ignore[method-assign]
     setattr(decoder_queue, _TAPPED, True)
+
+
+class _Backlog:
+    """Keeps a decoder queue short: see the module's docstring. Runs on the event loop's thread."""
+
+    def __init__(self, decoder_queue: queue.Queue, limit: int, on_backlog: Callable[[], object] | None) -> None:
+        self.queue, self.limit, self.on_backlog = decoder_queue, limit, on_backlog
+        self.skipping = False
+        self.dropped = 0
+
+    def admit(self, codec: str, data: bytes) -> bool:
+        if self.skipping:
+            if not is_keyframe(codec, data):
+                self.dropped += 1
+                return False
+            self.skipping = False
+        if self.queue.qsize() < self.limit:
+            return True
+        if codec not in ("vp8", "h264"):  # audio: every frame decodes alone; the oldest goes
+            self.dropped += self._drain(1)
+            return True
+        self.dropped += self._drain(self.limit)
+        if is_keyframe(codec, data):
+            return True  # starts a clean decode by itself
+        self.dropped += 1
+        self.skipping = True
+        log.warning("decoder %d frames behind: dropped them, waiting for a keyframe", self.limit)
+        if self.on_backlog is not None:
+            self.on_backlog()
+        return False
+
+    def _drain(self, most: int) -> int:
+        """Take up to `most` waiting frames away from the decoder (the oldest first)."""
+        taken = 0
+        while taken < most:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:  # never swallow the stop signal
+                self.queue.put(None)
+                break
+            taken += 1
+        return taken
 
 
 def receiver_estimator_off(receiver: Any) -> None:

@@ -33,6 +33,9 @@ class StageClientConfig:
     origin: str  # the site's own origin (the socket checks it like a browser's)
     open_timeout_s: float = 10.0
     udp_receive_buffer: int = 0  # bytes of kernel buffer for the stage's media; 0 keeps the kernel's
+    # Frames a track's decoder may have waiting before the oldest go (video: up to the next keyframe,
+    # which is asked for): a starved decoder then shows the stage late by half a second, not by seconds.
+    decoder_backlog_frames: int = 15
 
 
 @dataclass(frozen=True)
@@ -149,10 +152,18 @@ class StageSubscriber:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         for transceiver in self.pc.getTransceivers():
             receiver_estimator_off(transceiver.receiver)  # an egress job does not steer publishers' bitrates
-        if self.on_encoded is not None:
+        guarded = self.decode and self.config.decoder_backlog_frames > 0
+        if self.on_encoded is not None or guarded:
             for transceiver in self.pc.getTransceivers():
                 if transceiver.mid is not None:
-                    receiver_tap(transceiver.receiver, on_frame=self._encoded_for(transceiver.mid), decode=self.decode)
+                    receiver = transceiver.receiver
+                    receiver_tap(
+                        receiver,
+                        on_frame=self._encoded_for(transceiver.mid) if self.on_encoded is not None else None,
+                        decode=self.decode,
+                        max_backlog=self.config.decoder_backlog_frames if guarded else 0,
+                        on_backlog=lambda r=receiver: asyncio.ensure_future(receiver_request_keyframe(r)),
+                    )
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         if self.config.udp_receive_buffer:  # the whole stage arrives on this one (bundled) socket
             ice_receive_buffer(self.pc, size=self.config.udp_receive_buffer)

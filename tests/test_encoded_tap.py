@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import socket
 from fractions import Fraction
 from typing import Any, Callable
@@ -523,3 +524,79 @@ async def test_a_failing_consumer_does_not_break_the_receive_path(
     failures = [r for r in caplog.records if r.name == "classcast.egress" and "consumer failed" in r.getMessage()]
     assert len(failures) == calls
     assert all(r.exc_info and isinstance(r.exc_info[1], RuntimeError) for r in failures)
+
+
+# ---- the decoder backlog guard (a queue.Queue standing in for the receiver's, as aiortc fills it) ----
+
+class _Codec:
+    def __init__(self, name: str, clock_rate: int) -> None:
+        self.name, self.clockRate = name, clock_rate
+
+
+class _Frame:
+    def __init__(self, data: bytes, timestamp: int) -> None:
+        self.data, self.timestamp = data, timestamp
+
+
+class _Receiver:
+    def __init__(self) -> None:
+        self._RTCRtpReceiver__decoder_queue: queue.Queue = queue.Queue()
+
+    @property
+    def waiting(self) -> list[Any]:
+        return list(self._RTCRtpReceiver__decoder_queue.queue)
+
+
+VP8 = _Codec("VP8", 90_000)
+OPUS = _Codec("opus", 48_000)
+KEY, DELTA = b"\x10\x02\x00\x9d\x01\x2a", b"\x11\x00"
+
+
+def test_a_decoder_that_falls_behind_skips_to_the_next_keyframe_and_asks_for_one() -> None:
+    receiver, asked, seen = _Receiver(), [], Tapped()
+    receiver_tap(receiver, on_frame=seen, decode=True, max_backlog=3, on_backlog=lambda: asked.append(1))
+    put = receiver._RTCRtpReceiver__decoder_queue.put
+    for ts in range(3):  # the decoder takes nothing: three frames wait
+        put((VP8, _Frame(KEY if ts == 0 else DELTA, ts)))
+    assert [f.timestamp for _, f in receiver.waiting] == [0, 1, 2] and not asked
+    put((VP8, _Frame(DELTA, 3)))  # a fourth finds the limit reached
+    assert receiver.waiting == [] and asked == [1]  # what waited is gone; a keyframe is asked for
+    put((VP8, _Frame(DELTA, 4)))  # deltas cannot decode without what was dropped
+    assert receiver.waiting == [] and asked == [1]
+    put((VP8, _Frame(KEY, 5)))
+    put((VP8, _Frame(DELTA, 6)))
+    assert [f.timestamp for _, f in receiver.waiting] == [5, 6]  # decoding resumes at the keyframe
+    assert len(seen) == 7  # the consumer still saw every frame
+
+
+def test_a_keyframe_that_finds_the_decoder_behind_replaces_what_waited() -> None:
+    receiver, asked = _Receiver(), []
+    receiver_tap(receiver, on_frame=None, decode=True, max_backlog=2, on_backlog=lambda: asked.append(1))
+    put = receiver._RTCRtpReceiver__decoder_queue.put
+    for ts in range(2):
+        put((VP8, _Frame(DELTA, ts)))
+    put((VP8, _Frame(KEY, 2)))
+    assert [f.timestamp for _, f in receiver.waiting] == [2] and not asked
+
+
+def test_audio_behind_drops_its_oldest_frame_only_and_the_stop_signal_is_never_dropped() -> None:
+    receiver = _Receiver()
+    receiver_tap(receiver, on_frame=None, decode=True, max_backlog=2)
+    put = receiver._RTCRtpReceiver__decoder_queue.put
+    for ts in range(4):
+        put((OPUS, _Frame(b"\xfc", ts * 960)))
+    assert [f.timestamp for _, f in receiver.waiting] == [1920, 2880]
+    stopping = _Receiver()
+    receiver_tap(stopping, on_frame=None, decode=True, max_backlog=1)
+    stopping._RTCRtpReceiver__decoder_queue.put(None)  # the receiver stops; its decoder has not seen it yet
+    stopping._RTCRtpReceiver__decoder_queue.put((OPUS, _Frame(b"\xfc", 0)))  # a late frame finds the limit
+    assert stopping.waiting[0] is None  # the stop signal is never what goes
+
+
+def test_without_decoding_or_a_limit_nothing_is_dropped() -> None:
+    for kwargs in ({"decode": True}, {"decode": True, "max_backlog": 0}):
+        receiver = _Receiver()
+        receiver_tap(receiver, on_frame=None, **kwargs)
+        for ts in range(50):
+            receiver._RTCRtpReceiver__decoder_queue.put((VP8, _Frame(DELTA, ts)))
+        assert len(receiver.waiting) == 50

@@ -30,6 +30,8 @@ import av
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
+from compositor.keyframes import is_keyframe
+
 log = logging.getLogger("classcast.sfu")
 
 KEYFRAME_MIN_INTERVAL_S = 0.3  # at most one PLI per published track per interval; later asks coalesce
@@ -37,20 +39,6 @@ REMB_FLOOR_BPS = 150_000
 REMB_STALE_S = 5.0  # a subscriber's estimate older than this no longer holds the publisher back
 QUEUE_FRAMES = {"video": 90, "audio": 150}  # ~3 s: a subscriber further behind starts over at a keyframe
 FRAME_TICKS = {"video": 3000, "audio": 960}  # one frame at 30 fps / 20 ms: the step across a source switch
-
-
-def is_keyframe(codec: str, data: bytes) -> bool:
-    """From the payload alone: VP8 frame tag bit 0 clear; an H.264 IDR slice (NAL type 5)."""
-    if codec == "vp8":
-        return bool(data) and not data[0] & 0x01
-    if codec == "h264":
-        i = 0
-        while (i := data.find(b"\x00\x00\x01", i)) != -1:
-            if i + 3 < len(data) and data[i + 3] & 0x1F == 5:
-                return True
-            i += 3
-        return False
-    return True  # audio: every frame stands alone
 
 
 class Frame:
