@@ -228,29 +228,31 @@ async def hls_answer(
 
 async def _media_file(folder: Path, name: str) -> Answer:
     path = folder / name
-    try:
-        data = await _media_bytes(path)
-    except FileNotFoundError:
-        data = None
-        if PART_FILE.match(name):
-            # The part in the preload hint is asked for before it exists: hold it until it is written (or
-            # the hint moves on without it, or the stream ends).
-            def written(watch) -> str | None:
-                if path.is_file():
-                    return "written"
-                position = watch.position
-                return "gone" if position is None or position.ended or position.hint != name else None
+    data = await _media_bytes_if_file(path)
+    if data is None and PART_FILE.match(name):
+        # The part in the preload hint is asked for before it exists: hold it until it is written (or
+        # the hint moves on without it, or the stream ends).
+        def written(watch) -> str | None:
+            if path.is_file():
+                return "written"
+            position = watch.position
+            return "gone" if position is None or position.ended or position.hint != name else None
 
-            if await playlist_watch(folder / LIVE).wait_for(written, timeout_s=_hold_s()) == "written":
-                data = await _media_bytes(path)
-    except IsADirectoryError:
-        data = None
+        if await playlist_watch(folder / LIVE).wait_for(written, timeout_s=_hold_s()) == "written":
+            data = await _media_bytes_if_file(path)  # None again if it was removed meanwhile
     if data is None:
         metrics.HLS_REQUESTS.labels(kind="ts", result="not_found").inc()
         return Answer.text(404, "no such segment")
     metrics.HLS_REQUESTS.labels(kind="ts", result="ok").inc()
     # Segments and parts never change: cache them for good.
     return Answer(200, data, CONTENT_TYPES["ts"], {"Cache-Control": "public, max-age=31536000, immutable"})
+
+
+async def _media_bytes_if_file(path: Path) -> bytes | None:
+    try:
+        return await _media_bytes(path)
+    except (FileNotFoundError, IsADirectoryError):
+        return None
 
 
 async def _media_bytes(path: Path) -> bytes:

@@ -91,42 +91,36 @@ class _Backlog:
     def __init__(self, decoder_queue: queue.Queue, limit: int, on_backlog: Callable[[], object] | None) -> None:
         self.queue, self.limit, self.on_backlog = decoder_queue, limit, on_backlog
         self.skipping = False
-        self.dropped = 0
 
     def admit(self, codec: str, data: bytes) -> bool:
         if self.skipping:
             if not is_keyframe(codec, data):
-                self.dropped += 1
                 return False
             self.skipping = False
         if self.queue.qsize() < self.limit:
             return True
         if codec not in ("vp8", "h264"):  # audio: every frame decodes alone; the oldest goes
-            self.dropped += self._drain(1)
+            self._drain(1)
             return True
-        self.dropped += self._drain(self.limit)
+        self._drain(self.limit)
         if is_keyframe(codec, data):
             return True  # starts a clean decode by itself
-        self.dropped += 1
         self.skipping = True
         log.warning("decoder %d frames behind: dropped them, waiting for a keyframe", self.limit)
         if self.on_backlog is not None:
             self.on_backlog()
         return False
 
-    def _drain(self, most: int) -> int:
+    def _drain(self, most: int) -> None:
         """Take up to `most` waiting frames away from the decoder (the oldest first)."""
-        taken = 0
-        while taken < most:
+        for _ in range(most):
             try:
                 item = self.queue.get_nowait()
             except queue.Empty:
-                break
+                return
             if item is None:  # never swallow the stop signal
                 self.queue.put(None)
-                break
-            taken += 1
-        return taken
+                return
 
 
 def receiver_estimator_off(receiver: Any) -> None:

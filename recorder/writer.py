@@ -25,6 +25,8 @@ from typing import Any
 
 import av
 
+from compositor.keyframes import is_keyframe
+
 from . import RecorderError
 
 log = logging.getLogger("classcast.recorder.writer")
@@ -95,12 +97,7 @@ def vp8_keyframe_size(data: bytes) -> tuple[int, int] | None:
 
 def h264_is_keyframe(data: bytes) -> bool:
     """Whether an Annex-B access unit holds an IDR slice (NAL type 5)."""
-    at = data.find(b"\x00\x00\x01")
-    while at != -1 and at + 3 < len(data):
-        if data[at + 3] & 0x1F == 5:
-            return True
-        at = data.find(b"\x00\x00\x01", at + 3)
-    return False
+    return is_keyframe("h264", data)
 
 
 def opus_packet_ms(data: bytes) -> int | None:
