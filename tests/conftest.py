@@ -45,6 +45,17 @@ def pytest_sessionstart(session: Any) -> None:
         pass  # no rights or no server: pytest-django reports the real problem
 
 
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    """Tests marked `once` do not depend on the deployment mode (pure cores, settings checks, network
+    impairment): they run in the scaled half of `make test` only."""
+    if SCALED:
+        return
+    once = [item for item in items if item.get_closest_marker("once")]
+    if once:
+        config.hook.pytest_deselected(items=once)
+        items[:] = [item for item in items if not item.get_closest_marker("once")]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
