@@ -7,6 +7,8 @@ from compositor.config import ConfigError, Participant
 from compositor.layout import Rect, fit_rect, grid_dims, layout_compute
 from compositor.speaker import ActiveSpeakerDetector
 
+pytestmark = pytest.mark.once  # pure media: the deployment mode does not matter
+
 W, H = 1280, 720
 
 

@@ -14,6 +14,8 @@ from compositor.layout import fit_rect, layout_compute
 from compositor.nametag import BLACK_Y, card_color, rgb_to_yuv
 from compositor.video_mixer import LatestFrame, VideoMixer, crop_planes
 
+pytestmark = pytest.mark.once  # pure media: the deployment mode does not matter
+
 W, H = 1280, 720
 COLORS = {1: (220, 40, 40), 2: (40, 200, 60), 3: (40, 60, 220), 4: (230, 200, 30)}
 

@@ -22,6 +22,8 @@ from compositor.nametag import card_color, rgb_to_yuv
 from compositor.program import Program
 from compositor.stage_client import StageConnectionError, StageSubscriber, StageTrack
 
+pytestmark = pytest.mark.once  # pure media: the deployment mode does not matter
+
 COLORS = {1: (220, 40, 40), 2: (40, 200, 60), 3: (40, 60, 220)}
 STAGE = [Participant(1, "Ada Lovelace", "instructor"), Participant(2, "Ben Bitdiddle"), Participant(3, "Cleo")]
 

@@ -34,6 +34,8 @@ from compositor.encoded_tap import (
 )
 from recorder.writer import TrackWriter, vp8_keyframe_size
 
+pytestmark = pytest.mark.once  # pure media: the deployment mode does not matter
+
 WIDTH, HEIGHT, FPS = 320, 240, 30
 VIDEO_CLOCK = 90_000
 VIDEO_TICKS = VIDEO_CLOCK // FPS  # RTP ticks between two published frames

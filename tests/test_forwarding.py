@@ -21,7 +21,7 @@ from compositor.encoded_tap import receiver_tap
 
 from .test_sfu import join, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.once]  # pure media: the deployment mode does not matter
 
 
 def vp8_packets(count: int = 300, gop: int = 30) -> list[bytes]:

@@ -16,6 +16,8 @@ from hls_packager.rtmp_chunks import AUDIO, COMMAND_AMF0, SET_CHUNK_SIZE, VIDEO,
 from hls_packager.segments import FolderHistory, SegmentCutter
 from hls_packager.storage import load_history, safe_folder, write_atomic, write_playlists
 
+pytestmark = pytest.mark.once  # pure media: the deployment mode does not matter
+
 T0 = datetime(2026, 11, 21, 9, 0, 0, tzinfo=timezone.utc)
 
 

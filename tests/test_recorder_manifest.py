@@ -29,6 +29,8 @@ from recorder.manifest import (
     offset_ms,
 )
 
+pytestmark = pytest.mark.once  # pure media: the deployment mode does not matter
+
 GOLDEN = Path(__file__).parent / "golden" / "recorder" / "manifest_v1.json"
 START = datetime(2025, 3, 14, 9, 0, 0, 250_400, tzinfo=timezone.utc)
 TEACHER = ManifestParticipant(id=3, name="Ada Lovelace", role="instructor")

@@ -29,6 +29,8 @@ from recorder.program import (
 )
 from recorder.thumbnails import ThumbnailError, thumbnail_make
 
+pytestmark = pytest.mark.once  # pure media: the deployment mode does not matter
+
 GOLDEN = Path(__file__).resolve().parent / "golden" / "recorder"
 T0 = datetime(2026, 3, 2, 9, 0, 0, tzinfo=timezone.utc)
 

@@ -29,6 +29,8 @@ from recorder.qc import (
     qc_evaluate,
 )
 
+pytestmark = pytest.mark.once  # pure media: the deployment mode does not matter
+
 GOLDEN = Path(__file__).resolve().parent / "golden" / "recorder"
 TOLERANCE_S = 0.3
 

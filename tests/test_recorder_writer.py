@@ -314,6 +314,8 @@ from pathlib import Path
 from recorder.writer import TrackWriter
 from tests.test_recorder_writer import encode_opus, encode_vp8
 
+pytestmark = pytest.mark.once  # pure media: the deployment mode does not matter
+
 out = Path(sys.argv[1])
 video, audio = encode_vp8(90), encode_opus(150)
 vw = TrackWriter(out / "video.webm", kind="video", codec="vp8", clock_rate=90000)

@@ -10,7 +10,7 @@ from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
 from classroom.media_node.sfu import NegotiationError, PeerSpec, Room, UnknownPeerError
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.once]  # pure media: the deployment mode does not matter
 
 
 class Client:
