@@ -21,6 +21,8 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch node_modules/.installed
 
+# On the embedded default the first start also makes var/secret_key and var/demo_password (0600);
+# seed_demo refuses to create demo logins anywhere else unless asked (see README "Production settings").
 setup: $(STAMP)
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py seed_demo
@@ -41,7 +43,9 @@ system-deps:
 # process) and on the embedded default (SQLite, in-memory layer, filesystem broker, node in the web process).
 test: $(STAMP) system-deps test-scaled test-embedded
 
+# Scaled out, the settings refuse to start without a shared secret key: one random key per run.
 test-scaled: $(STAMP)
+	DJANGO_SECRET_KEY=$${DJANGO_SECRET_KEY:-$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))')} \
 	DATABASE_URL=$${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test} \
 	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/0} \
 	CELERY_BROKER_URL=$${TEST_CELERY_BROKER_URL:-redis://127.0.0.1:6379/1} \

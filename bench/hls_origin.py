@@ -39,6 +39,7 @@ import math
 import multiprocessing
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -165,12 +166,16 @@ def publisher_cmd(clip: Path, rtmp_port: int, key: str) -> list[str]:
 # --- servers -----------------------------------------------------------------------------------------
 
 
+METRICS_TOKEN = secrets.token_urlsafe(24)  # /metrics answers only staff or this bearer token
+
+
 def server_env(var_dir: Path, hls_root: Path, rtmp_port: int) -> dict[str, str]:
     drop = {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "DJANGO_DEBUG"}
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("CLASSCAST_")}
     env.update(DJANGO_SETTINGS_MODULE="config.settings", CLASSCAST_VAR_DIR=str(var_dir),
                CLASSCAST_HLS_ROOT=str(hls_root), CLASSCAST_RTMP_PORT=str(rtmp_port),
-               DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost", PYTHONUNBUFFERED="1")
+               DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost", PYTHONUNBUFFERED="1",
+               CLASSCAST_METRICS_TOKEN=METRICS_TOKEN)
     return env
 
 
@@ -296,7 +301,9 @@ def readme_has_block() -> bool:
 
 def hls_requests_total(app_port: int) -> float:
     """Sum of classcast_hls_requests_total on the app (every HLS request it served, any result)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{app_port}/metrics", timeout=10) as r:
+    request = urllib.request.Request(f"http://127.0.0.1:{app_port}/metrics",
+                                     headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+    with urllib.request.urlopen(request, timeout=10) as r:
         text = r.read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("classcast_hls_requests_total{"))

@@ -1,4 +1,6 @@
-from django.contrib import admin
+from django.contrib import admin, messages
+
+from .hls_views import hls_tokens_revoke
 
 from .models import (
     AuditEntry,
@@ -22,10 +24,23 @@ class MembershipInline(admin.TabularInline):
     autocomplete_fields = ["user"]
 
 
+@admin.action(description="Revoke operator playlist links (manage.py stream_key)")
+def revoke_hls_tokens(modeladmin, request, queryset):  # noqa: ANN001, ANN201
+    for classroom in queryset:
+        hls_tokens_revoke(classroom_id=classroom.pk)
+    modeladmin.message_user(
+        request,
+        f"Operator playlist links of {queryset.count()} class(es) no longer play; members' players are not affected.",
+        messages.SUCCESS,
+    )
+
+
 @admin.register(Classroom)
 class ClassroomAdmin(admin.ModelAdmin):
     list_display = ["title", "is_public", "created_at"]
     search_fields = ["title"]
+    readonly_fields = ["hls_token_generation"]
+    actions = [revoke_hls_tokens]
     inlines = [MembershipInline]
 
 

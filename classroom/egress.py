@@ -18,7 +18,9 @@ from compositor.program import Program
 from compositor.stage_client import StageClientConfig
 
 from .models import Broadcast
-from .services.broadcast import broadcast_claim, broadcast_finish, broadcast_heartbeat, worker_name
+from .services.broadcast import (
+    broadcast_claim, broadcast_finish, broadcast_heartbeat, destination_address_check, worker_name,
+)
 from .services.tokens import service_token_issue
 
 log = logging.getLogger("classcast.egress")
@@ -113,7 +115,9 @@ def _destinations_apply(program: Program, current: set[str], wanted: list[dict[s
         program.remove_destination(dest_id)
     for dest in wanted:
         if dest["id"] not in current:
-            program.add_destination(Destination(id=dest["id"], url=dest["url"]))
+            # The instructor's destinations are checked again right before each connect (what the name
+            # resolves to then); the packager destination is our own ingest and carries no check.
+            program.add_destination(Destination(id=dest["id"], url=dest["url"], address_check=destination_address_check))
     return wanted_ids
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat as stat_mode
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -14,6 +15,18 @@ from hls_packager.playlist import PlaylistPosition, playlist_position
 
 POLL_S = 0.02  # the packager adds a part every ~0.33 s; 20 ms keeps the added delay small
 T = TypeVar("T")
+# No symlink as the last component (ELOOP), and never wait on a FIFO: only regular files are served.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def regular_file_read(path: Path) -> bytes:
+    """The bytes of `path` if it is a regular file itself; OSError otherwise (missing, a folder, a
+    symlink, a device): a symlink put into an HLS folder must not serve what it points at."""
+    fd = os.open(path, _OPEN_FLAGS)
+    with open(fd, "rb", closefd=True) as handle:
+        if not stat_mode.S_ISREG(os.fstat(fd).st_mode):
+            raise IsADirectoryError(f"not a regular file: {path}")
+        return handle.read()
 
 
 class PlaylistWatch:
@@ -31,12 +44,14 @@ class PlaylistWatch:
     def refresh(self) -> bool:
         """Read the file again if it changed (a rename by the packager gives a new inode or mtime)."""
         try:
-            stat = os.stat(self.path)
+            stat = os.lstat(self.path)
+            if not stat_mode.S_ISREG(stat.st_mode):
+                raise IsADirectoryError(f"not a regular file: {self.path}")
             stamp = (stat.st_ino, stat.st_mtime_ns)
             if stamp == self._stamp:
                 return False
-            text = self.path.read_text(encoding="utf-8")  # a few KB in the page cache
-        except FileNotFoundError:  # gone (the folder was removed): nothing to serve
+            text = regular_file_read(self.path).decode("utf-8")  # a few KB in the page cache
+        except OSError:  # gone (the folder was removed), or not a regular file: nothing to serve
             changed = self._stamp is not None
             self._stamp, self.text, self.position = None, "", None
             return changed

@@ -9,12 +9,21 @@ what they ask for. The view is async: a held request is a suspended coroutine, n
 A low-latency viewer asks ~6 times a second, and Django's request cycle costs more than the answer: a
 request whose access decision is remembered (`_access`, ACCESS_TTL_S) is answered by `hls_fast_path`,
 a plain ASGI app in front of Django, with the same code (`hls_answer`); any other goes through the view.
+
+A token names whom it was issued to (`HlsGrant`): a member's is honoured only while that user may still
+view the class (checked again whenever the decision is not remembered, so a removed member is refused
+within ACCESS_TTL_S); an operator's (`manage.py stream_key`) only while the class's token generation and
+stream key are the ones it was issued under. Someone who may not watch a private class gets the answer a
+class that does not exist gets (404), so class ids cannot be probed; only a genuine token that was
+revoked hears so (403). Only regular files inside the class's own folder are served: never a symlink.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import hashlib
+import hmac
 import os
 import re
 import stat as stat_mode
@@ -26,16 +35,19 @@ from urllib.parse import parse_qsl
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core import signing
+from django.db.models import F
 from django.http import Http404, HttpRequest, HttpResponse
 from django.http.request import split_domain_port, validate_host
+from django.utils.crypto import salted_hmac
 from django.views.decorators.http import require_GET
 
 from hls_packager.playlist import BlockingRequestError, blocking_request_check, blocking_request_ready
 from hls_packager.segments import PART_FILE
 
 from . import metrics
-from .hls_blocking import playlist_watch
+from .hls_blocking import playlist_watch, regular_file_read
 from .models import Classroom
 from .permissions import can_view_class
 from .selectors import actor_get
@@ -44,7 +56,10 @@ from .services.viewers import WINDOW_S as VIEWER_WINDOW_S
 from .services.viewers import viewer_seen
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}\.(m3u8|ts)$")
-_SALT = "classcast.hls"
+_SALT = "classcast.hls.v2"  # v1 tokens (class-wide, naming no holder) fail this salt: refused
+_KEY_TAG_SALT = "classcast.hls.stream-key"
+NOT_FOUND = "no such class"  # the one answer for a class that does not exist and one you may not watch
+REVOKED = "this link no longer gives access to the class's broadcast"
 CONTENT_TYPES = {"m3u8": "application/vnd.apple.mpegurl", "ts": "video/mp2t"}
 LIVE = "live.m3u8"
 _URI_ATTRIBUTE = re.compile(r'URI="([^"]+)"')
@@ -61,24 +76,122 @@ _media_cache_size = 0
 _media_reads: dict[tuple[str, tuple[int, int, int]], asyncio.Future] = {}  # reads under way
 
 
-def hls_token_issue(*, classroom_id: int) -> str:
-    return signing.dumps({"c": classroom_id}, salt=_SALT, compress=True)
+@dataclass(frozen=True)
+class HlsGrant:
+    """The signed payload of an HLS token: the class, and whom it was issued to. Exactly one of
+    `user_id` (a member's player) and `generation` (an operator's link, with `key_tag` naming the
+    stream key it was issued under) is set."""
+
+    classroom_id: int
+    user_id: int | None = None
+    generation: int | None = None
+    key_tag: str = ""
+
+    def payload(self) -> dict:
+        if self.user_id is not None:
+            return {"c": self.classroom_id, "u": self.user_id}
+        return {"c": self.classroom_id, "g": self.generation, "k": self.key_tag}
+
+    @classmethod
+    def from_payload(cls, data: object) -> "HlsGrant | None":
+        """None for anything but the two shapes `payload` writes."""
+        if not isinstance(data, dict) or type(data.get("c")) is not int:
+            return None
+        if set(data) == {"c", "u"} and type(data["u"]) is int:
+            return cls(classroom_id=data["c"], user_id=data["u"])
+        if set(data) == {"c", "g", "k"} and type(data["g"]) is int and isinstance(data["k"], str):
+            return cls(classroom_id=data["c"], generation=data["g"], key_tag=data["k"])
+        return None
 
 
-def hls_token_valid(*, token: str, classroom_id: int) -> bool:
+def _key_tag(stream_key: str) -> str:
+    # Operator links die with the stream key they were issued under; the tag does not reveal the key.
+    return salted_hmac(_KEY_TAG_SALT, stream_key, algorithm="sha256").hexdigest()[:16]
+
+
+def hls_token_issue(*, classroom_id: int, user_id: int) -> str:
+    """A member's token: carries the user, honoured only while that user may view the class."""
+    return signing.dumps(HlsGrant(classroom_id=classroom_id, user_id=user_id).payload(), salt=_SALT, compress=True)
+
+
+def hls_operator_token_issue(*, classroom_id: int) -> str:
+    """An operator's token (an outside player, a CDN): valid until the class's tokens are revoked
+    (`hls_tokens_revoke`) or its stream key is rotated, or it expires."""
+    classroom = Classroom.objects.get(pk=classroom_id)
+    grant = HlsGrant(
+        classroom_id=classroom.pk, generation=classroom.hls_token_generation, key_tag=_key_tag(classroom.stream_key)
+    )
+    return signing.dumps(grant.payload(), salt=_SALT, compress=True)
+
+
+def hls_tokens_revoke(*, classroom_id: int) -> int:
+    """Kill every operator token of the class (members' tokens follow their membership); the new generation."""
+    updated = Classroom.objects.filter(pk=classroom_id).update(hls_token_generation=F("hls_token_generation") + 1)
+    if not updated:
+        raise Classroom.DoesNotExist(f"no class {classroom_id}")
+    return Classroom.objects.values_list("hls_token_generation", flat=True).get(pk=classroom_id)
+
+
+def hls_token_read(*, token: str, classroom_id: int) -> HlsGrant | None:
+    """The grant of a genuine, unexpired token for this class; None for anything else."""
     try:
         data = signing.loads(token, salt=_SALT, max_age=settings.CLASSCAST_HLS_TOKEN_TTL_S)
     except signing.BadSignature:
-        return False
-    return data.get("c") == classroom_id
+        return None
+    grant = HlsGrant.from_payload(data)
+    return grant if grant is not None and grant.classroom_id == classroom_id else None
 
 
-def _allowed(request: HttpRequest, classroom: Classroom, token: str) -> bool:
+def hls_grant_honoured(*, grant: HlsGrant, classroom: Classroom) -> bool:
+    """Does the grant still give access (asked of the database: revocation counts at once)?"""
+    if grant.user_id is not None:
+        user = get_user_model().objects.filter(pk=grant.user_id, is_active=True).first()
+        return user is not None and can_view_class(actor_get(user=user, classroom_id=classroom.pk))
+    return grant.generation == classroom.hls_token_generation and hmac.compare_digest(
+        grant.key_tag, _key_tag(classroom.stream_key)
+    )
+
+
+class Access(enum.Enum):
+    ALLOWED = "allowed"
+    UNKNOWN = "unknown"  # no such class, or not for this viewer: the same 404 either way
+    REVOKED = "revoked"  # a genuine token for this class that no longer gives access: 403
+
+
+def _decide(request: HttpRequest, classroom: Classroom, token: str) -> Access:
     if classroom.is_public:
-        return True
+        return Access.ALLOWED
     if token:
-        return hls_token_valid(token=token, classroom_id=classroom.pk)
-    return request.user.is_authenticated and can_view_class(actor_get(user=request.user, classroom_id=classroom.pk))
+        grant = hls_token_read(token=token, classroom_id=classroom.pk)
+        if grant is None:
+            return Access.UNKNOWN
+        return Access.ALLOWED if hls_grant_honoured(grant=grant, classroom=classroom) else Access.REVOKED
+    if request.user.is_authenticated and can_view_class(actor_get(user=request.user, classroom_id=classroom.pk)):
+        return Access.ALLOWED
+    return Access.UNKNOWN
+
+
+def hls_folder_get(*, classroom_id: int) -> Path | None:
+    """The class's HLS folder (`hls_folder_path`), resolved; None unless it lies inside
+    CLASSCAST_HLS_ROOT with no symlink on the way (a linked folder could serve any folder on the disk)."""
+    folder = hls_folder_path(classroom_id=classroom_id)
+    if folder is None:
+        return None
+    root = Path(settings.CLASSCAST_HLS_ROOT)
+    try:
+        expected = Path(os.path.realpath(root)) / folder.relative_to(root)
+    except ValueError:
+        return None
+    real = Path(os.path.realpath(folder))
+    return real if real == expected and real.is_dir() else None
+
+
+def hls_text_read(path: Path) -> str | None:
+    """A playlist's text if `path` is a regular file (not a symlink); None otherwise."""
+    try:
+        return regular_file_read(path).decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def _with_token(uri: str, token: str) -> str:
@@ -108,23 +221,25 @@ def _who(request: HttpRequest, token: str) -> str:
     return token or request.COOKIES.get(settings.SESSION_COOKIE_NAME, "")
 
 
-def _access(request: HttpRequest, classroom_id: int, token: str) -> tuple[bool, Path | None]:
-    """(may watch, the class's HLS folder), from the database; raises Http404 for a class that does not
-    exist. A viewer let in is remembered for ACCESS_TTL_S; refusals never are (access granted counts at once)."""
+def _access(request: HttpRequest, classroom_id: int, token: str) -> tuple[Access, Path | None]:
+    """(may watch?, the class's HLS folder), from the database. A viewer let in is remembered for
+    ACCESS_TTL_S; refusals never are (access granted counts at once), and a remembered decision is never
+    extended: it is asked again of the database, so a revoked viewer is refused within ACCESS_TTL_S."""
     classroom = Classroom.objects.filter(pk=classroom_id).first()
     if classroom is None:
-        raise Http404("no such class")
-    allowed = _allowed(request, classroom, token)
-    folder = hls_folder_path(classroom_id=classroom.pk) if allowed else None
-    if allowed and folder is not None:
+        return Access.UNKNOWN, None
+    access = _decide(request, classroom, token)
+    folder = hls_folder_get(classroom_id=classroom.pk) if access is Access.ALLOWED else None
+    if folder is not None:
         if len(_access_cache) > 10_000:
             _access_cache.clear()
         _access_cache[(classroom_id, _who(request, token))] = (time.monotonic() + ACCESS_TTL_S, folder)
-    return allowed, folder
+    return access, folder
 
 
 def hls_access_forget() -> None:
-    """Forget remembered decisions (tests; a process that changed who may watch needs no call: ≤ 2 s)."""
+    """Forget remembered decisions and cached files (tests). Nothing else needs to call it: a decision
+    is remembered for ACCESS_TTL_S at most, and a request held past that is decided again."""
     global _media_cache_size
     _access_cache.clear()
     _viewers_counted.clear()
@@ -191,14 +306,25 @@ async def hls_file(request: HttpRequest, classroom_id: int, name: str) -> HttpRe
         metrics.HLS_REQUESTS.labels(kind="other", result="bad_name").inc()
         raise Http404("no such file")
     token = request.GET.get("token", "")
-    folder = _remembered(classroom_id, _who(request, token))
-    allowed = folder is not None
-    if not allowed:
-        allowed, folder = await sync_to_async(_access)(request, classroom_id, token)
-    answer = await hls_answer(
-        classroom_id=classroom_id, name=name, query=request.GET, token=token, allowed=allowed, folder=folder,
-        viewer=_viewer_of(request, token),
-    )
+    who = _who(request, token)
+    folder = _remembered(classroom_id, who)
+    answer = None
+    if folder is not None:
+        answer = await hls_answer(
+            classroom_id=classroom_id, name=name, query=request.GET, token=token, access=Access.ALLOWED,
+            folder=folder, viewer=_viewer_of(request, token), who=who,
+        )
+    for _ in range(3):  # not remembered, or the memory ran out while the request was held: ask the database
+        if answer is not None:
+            break
+        access, folder = await sync_to_async(_access)(request, classroom_id, token)
+        answer = await hls_answer(
+            classroom_id=classroom_id, name=name, query=request.GET, token=token, access=access, folder=folder,
+            viewer=_viewer_of(request, token), who=who,
+        )
+    if answer is None:  # held past the memory again and again: let the player ask again
+        answer = Answer.text(503, "try again")
+        answer.headers["Retry-After"] = "1"
     response = HttpResponse(answer.body, status=answer.status)
     for key, value in answer.all_headers().items():
         response[key] = value
@@ -206,27 +332,34 @@ async def hls_file(request: HttpRequest, classroom_id: int, name: str) -> HttpRe
 
 
 async def hls_answer(
-    *, classroom_id: int, name: str, query: Mapping[str, str], token: str, allowed: bool, folder: Path | None, viewer: str
-) -> Answer:
-    """The response to GET /hls/classes/<id>/<name> once access is decided (pure of Django's request)."""
+    *, classroom_id: int, name: str, query: Mapping[str, str], token: str, access: Access, folder: Path | None,
+    viewer: str, who: str,
+) -> Answer | None:
+    """The response to GET /hls/classes/<id>/<name> once access is decided (pure of Django's request).
+    None if the request was held (a blocking reload, a hinted part) past the remembered decision of
+    viewer `who`: the caller decides again before answering, so a revoked viewer gets nothing new."""
     match = NAME.match(name)
     if match is None:
         metrics.HLS_REQUESTS.labels(kind="other", result="bad_name").inc()
         return Answer.text(404, "no such file")
     kind = match.group(1)
-    if not allowed:
+    if access is not Access.ALLOWED:
         metrics.HLS_REQUESTS.labels(kind=kind, result="forbidden").inc()
-        return Answer.text(403, "this class's broadcast is for its members")
+        return Answer.text(403, REVOKED) if access is Access.REVOKED else Answer.text(404, NOT_FOUND)
     if folder is None:
         metrics.HLS_REQUESTS.labels(kind=kind, result="not_found").inc()
         return Answer.text(404, "the broadcast has not started")
+
+    def still_allowed() -> bool:
+        return _remembered(classroom_id, who) is not None
+
     if kind == "ts":
-        return await _media_file(folder, name)
+        return await _media_file(folder, name, still_allowed)
     await _viewer_seen(classroom_id, viewer)
-    return await _playlist(query, folder, name, token)
+    return await _playlist(query, folder, name, token, still_allowed)
 
 
-async def _media_file(folder: Path, name: str) -> Answer:
+async def _media_file(folder: Path, name: str, still_allowed: Callable[[], bool]) -> Answer | None:
     path = folder / name
     data = await _media_bytes_if_file(path)
     if data is None and PART_FILE.match(name):
@@ -239,6 +372,8 @@ async def _media_file(folder: Path, name: str) -> Answer:
             return "gone" if position is None or position.ended or position.hint != name else None
 
         if await playlist_watch(folder / LIVE).wait_for(written, timeout_s=_hold_s()) == "written":
+            if not still_allowed():
+                return None
             data = await _media_bytes_if_file(path)  # None again if it was removed meanwhile
     if data is None:
         metrics.HLS_REQUESTS.labels(kind="ts", result="not_found").inc()
@@ -251,7 +386,7 @@ async def _media_file(folder: Path, name: str) -> Answer:
 async def _media_bytes_if_file(path: Path) -> bytes | None:
     try:
         return await _media_bytes(path)
-    except (FileNotFoundError, IsADirectoryError):
+    except OSError:  # missing, or not a regular file of its own (a symlink, a folder, a FIFO)
         return None
 
 
@@ -262,9 +397,9 @@ async def _media_bytes(path: Path) -> bytes:
     (recently served files, MEDIA_CACHE_BYTES in all). A file replaced under the same name has another
     inode or mtime, so it is read again."""
     global _media_cache_size
-    stat = os.stat(path)  # FileNotFoundError: 404
+    stat = os.lstat(path)  # FileNotFoundError: 404; a symlink is not followed
     if not stat_mode.S_ISREG(stat.st_mode):
-        raise IsADirectoryError(path)
+        raise IsADirectoryError(f"not a regular file: {path}")
     name, stamp = str(path), (stat.st_ino, stat.st_mtime_ns, stat.st_size)
     cached = _media_cache.get(name)
     if cached is not None and cached[0] == stamp:
@@ -274,7 +409,7 @@ async def _media_bytes(path: Path) -> bytes:
     reading = _media_reads.get(key)
     if reading is not None and reading.get_loop() is asyncio.get_running_loop():
         return await asyncio.shield(reading)
-    reading = asyncio.ensure_future(asyncio.to_thread(path.read_bytes))
+    reading = asyncio.ensure_future(asyncio.to_thread(regular_file_read, path))  # O_NOFOLLOW: no swap-in symlink
     _media_reads[key] = reading
     try:
         data = await asyncio.shield(reading)
@@ -292,7 +427,9 @@ async def _media_bytes(path: Path) -> bytes:
     return data
 
 
-async def _playlist(query: Mapping[str, str], folder: Path, name: str, token: str) -> Answer:
+async def _playlist(
+    query: Mapping[str, str], folder: Path, name: str, token: str, still_allowed: Callable[[], bool]
+) -> Answer | None:
     try:
         blocking = _blocking_query(query) if name == LIVE else None
     except ValueError as exc:
@@ -307,9 +444,8 @@ async def _playlist(query: Mapping[str, str], folder: Path, name: str, token: st
             return Answer.text(404, "no such playlist")
         text = watch.text
     elif blocking is None:
-        try:
-            text = await asyncio.to_thread((folder / name).read_text, encoding="utf-8")
-        except FileNotFoundError:
+        text = await asyncio.to_thread(hls_text_read, folder / name)
+        if text is None:
             metrics.HLS_REQUESTS.labels(kind="m3u8", result="not_found").inc()
             return Answer.text(404, "no such playlist")
     else:
@@ -327,6 +463,8 @@ async def _playlist(query: Mapping[str, str], folder: Path, name: str, token: st
             lambda w: w.text if w.position and blocking_request_ready(w.position, msn=msn, part=part) else None,
             timeout_s=_hold_s(),
         )
+        if not still_allowed():
+            return None
         if ready is None:
             metrics.HLS_REQUESTS.labels(kind="m3u8", result="timeout").inc()
             answer = Answer.text(503, "the asked-for segment or part did not come in time")
@@ -373,8 +511,10 @@ def hls_fast_path(django_app: ASGIApp) -> ASGIApp:
         client = (scope.get("client") or ("", 0))[0]
         answer = await hls_answer(
             classroom_id=int(match.group(1)), name=match.group(2), query=query, token=token,
-            allowed=True, folder=folder, viewer=who or client,
+            access=Access.ALLOWED, folder=folder, viewer=who or client, who=who,
         )
+        if answer is None:  # held past the remembered decision: Django decides again (nothing was sent yet)
+            return await django_app(scope, receive, send)
         await send({
             "type": "http.response.start", "status": answer.status,
             "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.all_headers().items()]

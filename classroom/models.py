@@ -24,6 +24,9 @@ class Classroom(models.Model):
     stream_key = models.CharField(
         max_length=64, unique=True, default=stream_key_new, help_text="RTMP ingest key (OBS, ffmpeg, the compositor)."
     )
+    hls_token_generation = models.PositiveIntegerField(
+        default=0, help_text="Operator playlist links (manage.py stream_key) of older generations are refused."
+    )
     auto_record = models.BooleanField(default=False, help_text="Record every session from its start.")
     recording_retention_days = models.PositiveIntegerField(
         null=True, blank=True, help_text="Delete this class's recordings after this many days (empty: the site default)."

@@ -17,12 +17,12 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from .errors import InvalidState, NotAllowed, NotFound
-from .file_responses import ranged_file_response, safe_relative_name
+from .file_responses import byte_range, ranged_file_response, safe_relative_name
 from .models import AuditEntry, Classroom, FileRole, Recording, RecordingFile, RecordingStatus
 from .services import recording_access as access
-from .selectors import actor_get
 from .services.recording_processing import final_path, recording_reprocess, spool, thumbnail_name
 from .services.recordings import classroom_recording_settings_set
+from .views import NO_SUCH_CLASS, class_visible_get
 
 PLAYABLE = (FileRole.TRACK, FileRole.PROGRAM)
 
@@ -173,10 +173,10 @@ def recording_file(request: HttpRequest, recording_id: int, name: str) -> HttpRe
     if not safe_relative_name(name):
         return HttpResponseBadRequest("Bad file path.")
     try:
-        user_id, download = access.file_link_verify(recording_id=recording_id, name=name, params=request.GET)
+        link = access.file_link_verify(recording_id=recording_id, name=name, params=request.GET)
     except NotAllowed as exc:
         raise PermissionDenied(str(exc)) from None
-    user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
+    user = get_user_model().objects.filter(pk=link.user_id, is_active=True).first()
     if user is None:
         raise PermissionDenied("this link is not valid")
     recording = _require(access.recording_require_view, user=user, recording_id=recording_id)
@@ -184,9 +184,10 @@ def recording_file(request: HttpRequest, recording_id: int, name: str) -> HttpRe
     if row is None:
         raise Http404("No such file in this recording.")
     handle, size = _open(recording, row)
-    if download and request.headers.get("Range", "bytes=0-").startswith("bytes=0-"):
-        access.audit_record(actor=user, action="recording.download", recording=recording, target=name, ip=_ip(request))
-    return ranged_file_response(request, handle, size=size, name=name, attachment=download)
+    if link.download and byte_range(request.headers.get("Range", ""), size) is not False:
+        # Any range counts (a client may start anywhere); the link's later requests are not logged again.
+        access.download_audit(user=user, recording=recording, name=name, link=link, ip=_ip(request))
+    return ranged_file_response(request, handle, size=size, name=name, attachment=link.download)
 
 
 def _open(recording: Recording, row: RecordingFile) -> tuple[Any, int]:
@@ -232,7 +233,10 @@ def recording_retry(request: HttpRequest, recording_id: int) -> HttpResponse:
 @require_POST
 def class_recording_settings(request: HttpRequest, classroom_id: int) -> HttpResponse:
     """The console's recording policy form (auto-record, retention)."""
-    actor = actor_get(user=request.user, classroom_id=classroom_id)
+    found = class_visible_get(user=request.user, classroom_id=classroom_id)
+    if found is None:  # no such class, or not one of the user's: the same answer
+        raise Http404(NO_SUCH_CLASS)
+    _, actor = found
     raw_days = request.POST.get("retention_days", "").strip()
     if raw_days and not raw_days.isdigit():
         return HttpResponseBadRequest("Retention must be a whole number of days.")

@@ -38,6 +38,13 @@ def actor_get(*, user: Any, classroom_id: int) -> Actor:
     return Actor(user_id=user.pk, is_staff=bool(user.is_staff), role=role)
 
 
+def actor_current(*, user_id: int, classroom_id: int) -> Actor | None:
+    """Who this person is in the class now, read afresh (an open socket's user object is from its
+    connect); None when the account is gone or deactivated."""
+    user = User.objects.filter(pk=user_id, is_active=True).first()
+    return None if user is None else actor_get(user=user, classroom_id=classroom_id)
+
+
 def classrooms_for_user(*, user: Any) -> QuerySet[Classroom]:
     if user.is_staff:
         return Classroom.objects.all()

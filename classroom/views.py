@@ -2,34 +2,49 @@
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import get_object_or_404, render
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .hls_views import hls_token_issue
+from .hls_views import hls_folder_get, hls_text_read, hls_token_issue
 from .metrics import database_collector_register
 from .models import ACTIVE_STAGE_STATES, Broadcast, Classroom, StageMembership
 from .permissions import Actor, can_manage_session, can_view_class
 from .selectors import actor_get, classrooms_for_user, session_live_get
 from .services.broadcast import broadcast_active, studio_info
 from .services.ice import ice_servers_for
-from .services.ingest import hls_folder_path
 from .services.viewers import viewers_count
+
+NO_SUCH_CLASS = "No such class."
+
+
+def class_visible_get(*, user: Any, classroom_id: int) -> tuple[Classroom, Actor] | None:
+    """The class and the user's actor in it; None both for a class that does not exist and for one
+    the user may not see, so that the answers cannot tell which class ids exist."""
+    classroom = Classroom.objects.filter(pk=classroom_id).first()
+    if classroom is None or not user.is_authenticated:
+        return None
+    actor = actor_get(user=user, classroom_id=classroom.pk)
+    return (classroom, actor) if can_view_class(actor) else None
 
 
 def _class_for(request: HttpRequest, classroom_id: int) -> tuple[Classroom, Actor]:
-    classroom = get_object_or_404(Classroom, pk=classroom_id)
-    actor = actor_get(user=request.user, classroom_id=classroom.pk)
-    if not can_view_class(actor):
-        raise PermissionDenied("You are not a member of this class.")
-    return classroom, actor
+    found = class_visible_get(user=request.user, classroom_id=classroom_id)
+    if found is None:
+        raise Http404(NO_SUCH_CLASS)
+    return found
+
+
+def _no_such_class() -> JsonResponse:
+    return JsonResponse({"error": NO_SUCH_CLASS}, status=404)
 
 
 def _page(request: HttpRequest, classroom_id: int, *, page: str, template: str) -> HttpResponse:
@@ -81,7 +96,10 @@ def ice_servers(request: HttpRequest, classroom_id: int) -> JsonResponse:
     """ICE servers with short-lived TURN REST credentials, for the class instructor and stage members."""
     if not request.user.is_authenticated:
         return JsonResponse({"error": "login required"}, status=401)
-    classroom, actor = _class_for(request, classroom_id)
+    found = class_visible_get(user=request.user, classroom_id=classroom_id)
+    if found is None:
+        return _no_such_class()
+    classroom, actor = found
     session = session_live_get(classroom_id=classroom.pk)
     on_stage = session is not None and StageMembership.objects.filter(
         session=session, user_id=request.user.pk, state__in=ACTIVE_STAGE_STATES
@@ -93,18 +111,22 @@ def ice_servers(request: HttpRequest, classroom_id: int) -> JsonResponse:
     )
 
 
-def playlist_url(*, classroom: Classroom, with_token: bool) -> str:
+def playlist_url(*, classroom: Classroom, user_id: int | None) -> str:
     url = reverse("classroom:hls", args=[classroom.pk, "live.m3u8"])
-    # Private classes: a signed, expiring token in the URL works for any player or CDN.
-    return f"{url}?token={hls_token_issue(classroom_id=classroom.pk)}" if with_token else url
+    if classroom.is_public or user_id is None:
+        return url
+    # Private classes: a signed token in the URL works for any player or CDN; it names the viewer and
+    # is honoured only while they may still view the class.
+    return f"{url}?token={hls_token_issue(classroom_id=classroom.pk, user_id=user_id)}"
 
 
 def hls_state(*, classroom: Classroom) -> dict:
     """Is there a broadcast to watch, from the compositor or from OBS? The playlist on disk says."""
-    folder = hls_folder_path(classroom_id=classroom.pk)
-    if folder is None:
+    folder = hls_folder_get(classroom_id=classroom.pk)
+    live = hls_text_read(folder / "live.m3u8") if folder is not None else None
+    if live is None:  # none yet, or not a file we would serve
         return {"live": False, "ended": False}
-    ended = (folder / "vod.m3u8").exists() or "#EXT-X-ENDLIST" in (folder / "live.m3u8").read_text()
+    ended = hls_text_read(folder / "vod.m3u8") is not None or "#EXT-X-ENDLIST" in live
     return {"live": not ended, "ended": ended}
 
 
@@ -112,14 +134,18 @@ def hls_state(*, classroom: Classroom) -> dict:
 @never_cache
 def broadcast_status(request: HttpRequest, classroom_id: int) -> JsonResponse:
     """The broadcast as a viewer sees it; health, stream key and destinations for the instructor."""
-    classroom = get_object_or_404(Classroom, pk=classroom_id)
-    actor = actor_get(user=request.user, classroom_id=classroom.pk) if request.user.is_authenticated else None
-    if not (classroom.is_public or (actor is not None and can_view_class(actor))):
-        return JsonResponse({"error": "this class's broadcast is for its members"}, status=403)
+    classroom = Classroom.objects.filter(pk=classroom_id).first()
+    actor = (
+        actor_get(user=request.user, classroom_id=classroom.pk)
+        if classroom is not None and request.user.is_authenticated else None
+    )
+    if classroom is None or not (classroom.is_public or (actor is not None and can_view_class(actor))):
+        return _no_such_class()
     session = session_live_get(classroom_id=classroom.pk)
     broadcast = broadcast_active(session_id=session.pk) if session else None
+    user_id = request.user.pk if request.user.is_authenticated else None
     body = {
-        "hls": {**hls_state(classroom=classroom), "playlist_url": playlist_url(classroom=classroom, with_token=not classroom.is_public)},
+        "hls": {**hls_state(classroom=classroom), "playlist_url": playlist_url(classroom=classroom, user_id=user_id)},
         "broadcast": None if broadcast is None else {"status": broadcast.status, "layout": broadcast.layout},
         "viewers": viewers_count(classroom_id=classroom.pk),
     }
@@ -135,14 +161,21 @@ def broadcast_status(request: HttpRequest, classroom_id: int) -> JsonResponse:
 
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Prometheus text for signed-in staff, or for a scraper showing the bearer token
+    (CLASSCAST_METRICS_TOKEN); nobody else: the figures describe every class."""
+    staff = request.user.is_authenticated and request.user.is_staff
     token = settings.CLASSCAST_METRICS_TOKEN
-    if token:
+    if not staff and not token:
+        return HttpResponse("metrics are for administrators\n", status=403, content_type="text/plain")
+    if not staff:
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         # Bytes: compare_digest refuses non-ASCII str, and a header may carry any latin-1 octet.
         if scheme != "Bearer" or not hmac.compare_digest(
             given.strip().encode("utf-8", "surrogateescape"), token.encode()
         ):
-            return HttpResponse("metrics need a bearer token\n", status=401, content_type="text/plain")
+            response = HttpResponse("metrics need a bearer token\n", status=401, content_type="text/plain")
+            response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return response
     database_collector_register()
     return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
 

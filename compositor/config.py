@@ -2,7 +2,8 @@
 destinations, and who is on stage. No I/O here."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from . import CompositorError
@@ -47,15 +48,26 @@ class ProgramConfig:
         return max(1, round(self.fps * self.keyint_s))
 
 
+class AddressCheck(Protocol):
+    """Whether the program may be sent to `host` at these resolved addresses: None, or the reason it may
+    not, in words for the user. The caller's policy (e.g. no addresses inside its own network)."""
+
+    def __call__(self, *, host: str, port: int, addresses: tuple[str, ...]) -> str | None: ...
+
+
 @dataclass(frozen=True)
 class Destination:
     """Where the program goes: `rtmp(s)://...` (FLV over RTMP) or a file path / `file://` URL (format from
-    the extension unless `format` is given). `max_retries=None` retries a dropped RTMP destination forever."""
+    the extension unless `format` is given). `max_retries=None` retries a dropped RTMP destination forever.
+    `address_check`, if given, is asked right before every RTMP connect with the addresses the host
+    resolves to then (a name can resolve elsewhere than when it was added); a refusal fails the
+    destination as a user error, the program and other destinations go on."""
 
     id: str
     url: str
     format: str | None = None
     max_retries: int | None = None
+    address_check: AddressCheck | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -66,6 +78,12 @@ class Destination:
     @property
     def is_rtmp(self) -> bool:
         return urlsplit(self.url).scheme in ("rtmp", "rtmps")
+
+    @property
+    def port(self) -> int:
+        """The RTMP port FFmpeg connects to (rtmps defaults to 443, rtmp to 1935)."""
+        parts = urlsplit(self.url)
+        return parts.port or (443 if parts.scheme == "rtmps" else 1935)
 
     @property
     def path(self) -> str:

@@ -10,7 +10,12 @@ A destination that refuses, cannot be reached or goes away is the user's problem
 URL or key, server down); anything else is ours. Known limit: FFmpeg's RTMP client has no I/O timeout
 through PyAV, so a server that accepts TCP and then never answers can hold that sink's thread (the
 program and other sinks go on; `stop` gives up on it after its deadline), and an unreachable host
-takes the OS's TCP connect timeout to be reported (the state stays `connecting` meanwhile)."""
+takes the OS's TCP connect timeout to be reported (the state stays `connecting` meanwhile).
+
+A destination with an `address_check` is checked against the addresses its host resolves to right
+before each connect (the probe then connects to those checked addresses); a refused one fails at once,
+without retries. FFmpeg resolves the name once more when it connects, so a name whose answers change
+within that moment is not caught here: an egress firewall on the worker is the complete answer."""
 from __future__ import annotations
 
 import errno
@@ -44,9 +49,10 @@ RW_TIMEOUT_US = 5_000_000  # FFmpeg gives up on a stalled RTMP read/write after 
 class SinkError(CompositorError):
     """A destination could not be opened or written."""
 
-    def __init__(self, message: str, *, user_error: bool) -> None:
+    def __init__(self, message: str, *, user_error: bool, retry: bool = True) -> None:
         super().__init__(message)
         self.user_error = user_error
+        self.retry = retry  # False: trying again cannot help (the destination was refused by policy)
 
 
 def redact(url: str) -> str:
@@ -181,7 +187,7 @@ class DestinationSink:
                 if live_since is not None and time.monotonic() - live_since >= 10.0:
                     failures = 0  # it worked for a while: start the backoff again from the bottom
                 failures += 1
-                retry = self.destination.is_rtmp and (
+                retry = err.retry and self.destination.is_rtmp and (
                     self.destination.max_retries is None or failures <= self.destination.max_retries
                 )
                 self._set(RETRYING if retry else FAILED, error=err)
@@ -201,15 +207,20 @@ class DestinationSink:
     def _open(self) -> av.container.OutputContainer:
         dest = self.destination
         if dest.is_rtmp:
-            parts = urlsplit(dest.url)
-            # Resolve first for a clear "unknown host". PyAV holds the GIL while FFmpeg connects, which
-            # would freeze every thread of the job (aiortc's loop too), so a remote host is probed here
-            # first, where waiting releases the GIL; loopback is not probed (FFmpeg's single-shot
-            # `listen` mode would take the probe for the publisher), and rw_timeout bounds the rest.
-            port = parts.port or 1935
-            infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
-            if not all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos):
-                socket.create_connection((parts.hostname, port), timeout=CONNECT_PROBE_S).close()
+            host, port = urlsplit(dest.url).hostname or "", dest.port
+            # Resolve first for a clear "unknown host" and for the address check. PyAV holds the GIL
+            # while FFmpeg connects, which would freeze every thread of the job (aiortc's loop too), so
+            # a remote host is probed here first, where waiting releases the GIL; loopback is not probed
+            # (FFmpeg's single-shot `listen` mode would take the probe for the publisher), and
+            # rw_timeout bounds the rest.
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
+            if dest.address_check is not None:
+                refusal = dest.address_check(host=host, port=port, addresses=addresses)
+                if refusal:
+                    raise SinkError(f"{redact(dest.url)}: {refusal}", user_error=True, retry=False)
+            if not all(ipaddress.ip_address(address).is_loopback for address in addresses):
+                _probe(addresses, port)
             container = av.open(
                 dest.url, mode="w", format=dest.format or "flv", options={"rw_timeout": str(RW_TIMEOUT_US)}
             )
@@ -268,3 +279,17 @@ class DestinationSink:
             container.close()
         except Exception as exc:  # noqa: BLE001 - a broken connection can fail its trailer too
             log.info("destination %s: closing: %s", self.destination.id, exc)
+
+
+def _probe(addresses: tuple[str, ...], port: int) -> None:
+    """TCP-connect to the first of these (already checked) addresses that answers; raise the last error.
+    Not by name: the name could resolve elsewhere a second time."""
+    error: OSError | None = None
+    for address in addresses:
+        try:
+            socket.create_connection((address, port), timeout=CONNECT_PROBE_S).close()
+            return
+        except OSError as exc:
+            error = exc
+    if error is not None:
+        raise error

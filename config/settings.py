@@ -1,26 +1,92 @@
 """classcast settings, driven by environment variables (see README "Configuration").
 
 The embedded default (no variables set) is SQLite, the in-memory channel layer with the media node in
-the web process, and a Celery broker on the local filesystem. Setting DATABASE_URL, REDIS_URL and
-CELERY_BROKER_URL runs the same code scaled out.
+the web process, and a Celery broker on the local filesystem; there the service makes its own secret
+key (kept in the var dir). Setting DATABASE_URL, REDIS_URL and CELERY_BROKER_URL runs the same code
+scaled out, which refuses to start without DJANGO_SECRET_KEY. CLASSCAST_HTTPS=true is the switch for a
+deployment behind a TLS proxy (README "Production settings").
 """
 from __future__ import annotations
 
+import os
 import socket
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONE, SELF
 
-from .env import env_bool, env_int, env_json, env_list, env_str
+from .env import env_bool, env_int, env_json, env_list, env_str, secret_key_load
+
+# Every process loads these settings first: what it creates (the SQLite file, keys, recordings, HLS)
+# is never world-readable. Group read stays, for a web server in the service's group serving HLS from
+# disk; a stricter umask the operator set is kept.
+os.umask(os.umask(0o027) | 0o027)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("CLASSCAST_VAR_DIR", str(BASE_DIR / "var")))
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+if "CLASSCAST_VAR_DIR" not in os.environ and VAR_DIR.stat().st_mode & 0o007:
+    VAR_DIR.chmod(0o700)  # the checkout's own var/, made world-readable by earlier versions
 
-SECRET_KEY = env_str("DJANGO_SECRET_KEY", "dev-only-insecure-key-change-me-in-production-0123456789")
 DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+# --- HTTPS and browser protections ------------------------------------------------------------------
+# One switch for a deployment behind a TLS-terminating proxy (nginx, a load balancer) that sets
+# X-Forwarded-Proto (and overwrites any the client sent): secure cookies, redirect to https, HSTS.
+CLASSCAST_HTTPS = env_bool("CLASSCAST_HTTPS", False)
+if CLASSCAST_HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = True
+    # Probes and Prometheus reach the processes directly over the internal network, without the proxy.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
+    SECURE_HSTS_SECONDS = env_int("CLASSCAST_HSTS_SECONDS", 365 * 24 * 3600)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("CLASSCAST_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("CLASSCAST_HSTS_PRELOAD", False)
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = True  # no script of ours reads it: forms carry the token
+X_FRAME_OPTIONS = "DENY"
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+# Preloading is a submission to the browsers' list (hstspreload.org), slow to undo: an operator's
+# choice (CLASSCAST_HSTS_PRELOAD), not something `check --deploy` should nag every deployment about.
+SILENCED_SYSTEM_CHECKS = [] if env_bool("CLASSCAST_HSTS_PRELOAD", False) else ["security.W021"]
+
+# Content-Security-Policy (django-csp): our scripts and styles only, from our origin; no inline code.
+# connect-src also gets ws(s)://<host> of each request (config.security) for the class socket.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:", "blob:"],
+        "media-src": [SELF, "blob:"],  # hls.js plays through MediaSource blob: URLs
+        "worker-src": [SELF, "blob:"],  # hls.js runs its demuxer in a blob: worker
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
+
+# --- Sign-in throttling (django-axes) ---------------------------------------------------------------
+# Keyed by username AND address: a whole school behind one NAT address is not locked out by one
+# person's mistakes, and guessing one account's password from one address stops after the limit.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("CLASSCAST_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(seconds=env_int("CLASSCAST_LOGIN_COOLOFF_S", 15 * 60))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "config.security.login_paused"
+AXES_CLIENT_IP_CALLABLE = "config.security.client_ip"
+AXES_DISABLE_ACCESS_LOG = True  # failed attempts are what throttling needs; not a log of every sign-in
+# Reverse proxies in front that append the client's address to X-Forwarded-For (0: use the socket's).
+CLASSCAST_PROXY_COUNT = env_int("CLASSCAST_PROXY_COUNT", 0)
 
 INSTALLED_APPS = [
     "daphne",
@@ -31,11 +97,14 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "axes",
+    "csp",
     "classroom",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "config.security.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -43,6 +112,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a lockout into the "sign-in paused" page
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -85,6 +155,14 @@ if REDIS_URL:
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# The embedded default: one machine, SQLite, no Redis (what `make run` starts). Only there may the
+# service make its own secret key and create demo logins unasked.
+CLASSCAST_EMBEDDED_DEFAULT = DATABASES["default"]["ENGINE"].endswith("sqlite3") and not REDIS_URL
+# Signs sessions, service tokens, HLS tokens and download links: see config.env.secret_key_load.
+SECRET_KEY = secret_key_load(var_dir=VAR_DIR, embedded=CLASSCAST_EMBEDDED_DEFAULT)
+# `manage.py seed_demo` creates the demo class and logins elsewhere than the embedded default too.
+CLASSCAST_DEMO_DATA = env_bool("CLASSCAST_DEMO_DATA", False)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -248,7 +326,36 @@ LOGGING = {
     "loggers": {
         "aioice": {"level": "WARNING"},
         "aiortc": {"level": "WARNING"},
+        "axes": {"level": "WARNING"},  # failures and lockouts; not every sign-in nor its banner at start
         "daphne": {"level": "WARNING"},
         "django.channels.server": {"level": "WARNING"},
     },
 }
+
+# --- HTTP edge security ---
+# The stand-alone media node's and packager's Prometheus ports listen here only (not every interface).
+CLASSCAST_METRICS_BIND = env_str("CLASSCAST_METRICS_BIND", "127.0.0.1")
+
+# --- Class socket limits ---
+# Open class sockets one person may hold in one class in one web process (tabs, windows); the next
+# is accepted, told why and closed with 4429. 0 = no cap.
+CLASSCAST_WS_MAX_SOCKETS_PER_USER = env_int("CLASSCAST_WS_MAX_SOCKETS_PER_USER", 8)
+# Every open socket re-reads its person's access this often (s) besides on membership and account
+# changes and before each action: the backstop for changes that send no signal. 0 = never.
+CLASSCAST_WS_ACCESS_RECHECK_S = float(env_str("CLASSCAST_WS_ACCESS_RECHECK_S", "60"))
+
+# --- Ingest and destination limits ---
+# RTMP ingest (manage.py hls_packager). Connections that have not published with a valid key yet
+# ("pending") have a pool of their own, so idle or hostile sockets cannot lock a real publisher out:
+# a full pool, or an address at its own pending limit, closes its oldest pending connection.
+CLASSCAST_RTMP_MAX_PUBLISHERS = env_int("CLASSCAST_RTMP_MAX_PUBLISHERS", 64)
+CLASSCAST_RTMP_MAX_PENDING = env_int("CLASSCAST_RTMP_MAX_PENDING", 32)
+CLASSCAST_RTMP_MAX_PENDING_PER_IP = env_int("CLASSCAST_RTMP_MAX_PENDING_PER_IP", 4)
+# Pending + publishing from one address (IPv6: one /64); 0 = no limit. Compositor workers publish from theirs.
+CLASSCAST_RTMP_MAX_CONNECTIONS_PER_IP = env_int("CLASSCAST_RTMP_MAX_CONNECTIONS_PER_IP", 16)
+# Seconds from accept to an accepted publish (handshake, connect, publish), else the socket is closed.
+CLASSCAST_RTMP_AUTH_TIMEOUT_S = float(env_str("CLASSCAST_RTMP_AUTH_TIMEOUT_S", "10"))
+# Broadcast destinations may not point inside our network (loopback, private, link-local...: SSRF from
+# the worker) unless named here: host names, IP addresses or networks (CIDR), comma-separated, e.g. a
+# lab's nginx-rtmp. The ingest (CLASSCAST_RTMP_INGEST_URL) is always allowed.
+CLASSCAST_DESTINATION_ALLOWED_HOSTS = env_list("CLASSCAST_DESTINATION_ALLOWED_HOSTS")

@@ -14,12 +14,23 @@ class PackagerConfig:
     live_window: int = 6  # segments in the sliding live playlist
     # Low-latency HLS: partial segments of at most this long (EXT-X-PART-INF PART-TARGET); 0 = plain HLS.
     part_target_s: float = 0.334
-    max_publishers: int = 64
+    max_publishers: int = 64  # publishers with an accepted key at once: the only global limit on them
     # Limits that keep one bad client from hurting the others.
     max_message_bytes: int = 8 * 1024 * 1024  # one RTMP message (a keyframe at a high bitrate is < 1 MiB)
-    handshake_timeout_s: float = 10.0  # connect -> publish accepted
+    handshake_timeout_s: float = 10.0  # accept -> publish accepted (handshake, connect, publish), else closed
     idle_timeout_s: float = 30.0  # no bytes from a publisher for this long: it is gone
-    max_connections: int = 0  # 0: 2 * max_publishers + 16 (connections not yet publishing count too)
+    # Connections without an accepted publish yet ("pending") live in a small pool of their own, as in
+    # nginx-rtmp/SRS/MediaMTX, so sockets that never publish cannot crowd out a publisher with a valid
+    # key. A full pool closes its oldest member to make room (an idle socket is old; a real publisher
+    # is through in a few round trips); so does an address at its own pending limit.
+    max_pending: int = 32
+    max_pending_per_ip: int = 4  # IPv6: per /64
+    max_connections_per_ip: int = 16  # pending + publishing from one address; 0 = no limit
+    # Before publish a client only sends a handshake (3073 bytes) and a few small commands: it may make
+    # the server hold no more than this (message length, half-received bytes, all bytes read, answers
+    # it does not read). After an accepted publish the limits above apply.
+    pre_auth_max_message_bytes: int = 4 * 1024
+    pre_auth_max_bytes: int = 16 * 1024
     pipe_high_water_bytes: int = 4 * 1024 * 1024  # FLV bytes queued for the segmenter before reading pauses
 
     def __post_init__(self) -> None:
@@ -28,7 +39,9 @@ class PackagerConfig:
             raise ValueError("segment_duration_s > 0, live_window >= 1 and max_publishers >= 1 are required")
         if not 0 <= self.part_target_s <= self.segment_duration_s:
             raise ValueError("part_target_s must be between 0 (no parts) and the segment duration")
-
-    @property
-    def connection_limit(self) -> int:
-        return self.max_connections or 2 * self.max_publishers + 16
+        if self.max_pending < 1 or self.max_pending_per_ip < 1 or self.max_connections_per_ip < 0:
+            raise ValueError("max_pending >= 1, max_pending_per_ip >= 1 and max_connections_per_ip >= 0 are required")
+        if not 0 < self.pre_auth_max_message_bytes <= self.pre_auth_max_bytes:
+            raise ValueError("0 < pre_auth_max_message_bytes <= pre_auth_max_bytes is required")
+        if self.pre_auth_max_bytes < 4096 or self.handshake_timeout_s <= 0:
+            raise ValueError("pre_auth_max_bytes must hold the handshake (>= 4096) and handshake_timeout_s > 0")

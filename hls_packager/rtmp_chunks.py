@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from .errors import ProtocolError
+from .errors import LimitError, ProtocolError
 
 # Message type ids (RTMP spec 5.4, 7.1).
 SET_CHUNK_SIZE, ABORT, ACK, USER_CONTROL, WINDOW_ACK_SIZE, SET_PEER_BANDWIDTH = 1, 2, 3, 4, 5, 6
@@ -41,30 +41,49 @@ class _ChunkStream:
 
 class ChunkParser:
     """Feed received bytes; get whole messages. Protocol-control messages that change framing
-    (set chunk size, abort) are applied here and also returned, so the session can see them."""
+    (set chunk size, abort) are applied here and also returned, so the session can see them.
 
-    def __init__(self, *, max_message_bytes: int) -> None:
+    `push` + `next_message` parse one message at a time, so limits changed between two messages (the
+    server raises them once a publish is accepted) apply to the very next chunk header."""
+
+    def __init__(self, *, max_message_bytes: int, max_pending_bytes: int | None = None) -> None:
         self.chunk_size = 128
-        self.max_message_bytes = max_message_bytes
         self._buf = bytearray()
+        self._pos = 0  # parsed up to here; trimmed at the next push
         self._streams: dict[int, _ChunkStream] = {}
         self._pending = 0  # bytes of half-received messages, over all chunk streams
+        self.set_limits(max_message_bytes=max_message_bytes, max_pending_bytes=max_pending_bytes)
+
+    def set_limits(self, *, max_message_bytes: int, max_pending_bytes: int | None = None) -> None:
+        """One message's length, and half-received bytes over all chunk streams (default: 2 messages)."""
+        self.max_message_bytes = max_message_bytes
+        self.max_pending_bytes = 2 * max_message_bytes if max_pending_bytes is None else max_pending_bytes
 
     @property
     def buffered_bytes(self) -> int:
-        return len(self._buf) + self._pending
+        return len(self._buf) - self._pos + self._pending
+
+    def push(self, data: bytes) -> None:
+        if self._pos:
+            del self._buf[: self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def next_message(self) -> Message | None:
+        """The next whole message from the bytes pushed so far, or None until more arrive."""
+        out: list[Message] = []
+        while not out:
+            parsed = self._parse_chunk(self._pos, out)
+            if parsed is None:
+                return None
+            self._pos = parsed
+        return out[0]
 
     def feed(self, data: bytes) -> list[Message]:
-        self._buf += data
+        self.push(data)
         out: list[Message] = []
-        pos = 0
-        while True:
-            parsed = self._parse_chunk(pos, out)
-            if parsed is None:
-                break
-            pos = parsed
-        if pos:
-            del self._buf[:pos]
+        while (message := self.next_message()) is not None:
+            out.append(message)
         return out
 
     def _parse_chunk(self, pos: int, out: list[Message]) -> int | None:
@@ -119,7 +138,7 @@ class ChunkParser:
         if not new_message and fmt != 3:
             raise ProtocolError(f"new chunk header on chunk stream {csid} in the middle of a message")
         if length > self.max_message_bytes:
-            raise ProtocolError(f"message of {length} bytes is over the limit")
+            raise LimitError(f"message of {length} bytes is over the limit of {self.max_message_bytes}")
         take = min(self.chunk_size, length - len(cs.body))
         if pos + take > end:
             return None
@@ -134,8 +153,8 @@ class ChunkParser:
             cs.timestamp, cs.ts_field = timestamp, ts_field
             cs.length, cs.type_id, cs.stream_id, cs.extended = length, type_id, stream_id, extended
             cs.started = cs.started or fmt == 0
-        if self._pending + take > 2 * self.max_message_bytes:
-            raise ProtocolError("too many half-received message bytes")
+        if self._pending + take > self.max_pending_bytes:
+            raise LimitError(f"over {self.max_pending_bytes} half-received message bytes")
         self._streams[csid] = cs
         cs.body += buf[pos : pos + take]
         self._pending += take

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import ipaddress
 import logging
 import os
 import struct
@@ -16,7 +17,7 @@ from typing import Any, Awaitable, Callable
 
 from . import PackagerError, amf0, flv
 from .config import PackagerConfig
-from .errors import ProtocolError, UnsafeFolderError
+from .errors import LimitError, ProtocolError, UnsafeFolderError
 from .playlist import SegmentInfo
 from .rtmp_chunks import (
     ACK, AUDIO, COMMAND_AMF0, COMMAND_AMF3, DATA_AMF0, HANDSHAKE_SIZE, SET_CHUNK_SIZE, SET_PEER_BANDWIDTH,
@@ -33,6 +34,26 @@ SERVER_WINDOW = 2_500_000
 PUBLISH_STREAM_ID = 1
 # Refusal reasons (on_refused, stats()["refused_by_reason"]).
 UNKNOWN_KEY, BAD_FOLDER, RESOLVER_ERROR, TOO_MANY_PUBLISHERS = "unknown_key", "bad_folder", "resolver_error", "too_many_publishers"
+# Why a connection without an accepted publish was closed (on_connection_refused, stats()["connections_refused_by_reason"]).
+TOO_MANY_FROM_IP = "too_many_from_ip"  # the address already has max_connections_per_ip publishing
+PENDING_REPLACED = "pending_replaced"  # the oldest pending connection, closed to make room for a new one
+AUTH_TIMEOUT = "auth_timeout"  # no accepted publish within handshake_timeout_s
+PRE_AUTH_LIMIT = "pre_auth_limit"  # sent more than a client needs before publish, or did not read our answers
+PRE_AUTH_READ = 4096  # read size before publish; after it, 64 KiB
+
+
+def client_address(peer: Any) -> str:
+    """The address limits are counted per: the IP (IPv4-mapped IPv6 as IPv4), an IPv6 client's /64 (one
+    host usually holds a whole /64), or '?' when the socket has no peer (counted together)."""
+    try:
+        ip = ipaddress.ip_address(peer[0].split("%", 1)[0])
+    except (TypeError, IndexError, ValueError):
+        return "?"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 class IngestServer:
@@ -43,9 +64,14 @@ class IngestServer:
         self.port: int | None = None
         self.refused_total = 0
         self.refused_by_reason: dict[str, int] = {}
+        self.connections_refused_by_reason: dict[str, int] = {}
         self.protocol_errors_total = 0
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
+        # Connections counted against the limits: pending ones in arrival order (oldest first), and per
+        # address. A connection leaves them when it is closed, not when its task has finished.
+        self._pending: dict[_Connection, None] = {}
+        self._per_address: dict[str, int] = {}
         self._publishing: dict[str, _Connection] = {}
         self._folder_locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -80,20 +106,64 @@ class IngestServer:
             "refused_by_reason": dict(self.refused_by_reason),
             "protocol_errors_total": self.protocol_errors_total,
             "connections": len(self._connections),
+            "pending": len(self._pending),
+            "pending_buffered_bytes": sum(c.held_bytes() for c in self._pending),
+            "connections_refused_by_reason": dict(self.connections_refused_by_reason),
         }
 
     # --- internals ----------------------------------------------------------------------------------
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self._connections) >= self.config.connection_limit:
-            writer.close()
+        address = client_address(writer.get_extra_info("peername"))
+        if not self._make_room(address):
+            self._connection_refused(address, TOO_MANY_FROM_IP)
+            writer.transport.abort()
             return
-        connection = _Connection(self, reader, writer)
+        connection = _Connection(self, reader, writer, address)
         self._connections.add(connection)
+        self._pending[connection] = None
+        self._per_address[address] = self._per_address.get(address, 0) + 1
         try:
             await connection.run()
         finally:
+            self._release(connection)
             self._connections.discard(connection)
+
+    def _make_room(self, address: str) -> bool:
+        """Close pending connections so a new one from `address` fits: that address's oldest while it is
+        at its pending or total limit, then the oldest of all while the pool is full. False: the
+        address is at its total limit with publishers alone (nothing pending of its own to close)."""
+        config = self.config
+        while True:
+            own = [c for c in self._pending if c.address == address]
+            total = self._per_address.get(address, 0)
+            over_total = bool(config.max_connections_per_ip) and total >= config.max_connections_per_ip
+            if not (len(own) >= config.max_pending_per_ip or over_total):
+                break
+            if not own:
+                return False
+            own[0].evict(PENDING_REPLACED)
+        while len(self._pending) >= config.max_pending:
+            next(iter(self._pending)).evict(PENDING_REPLACED)
+        return True
+
+    def _authorised(self, connection: "_Connection") -> None:
+        self._pending.pop(connection, None)
+
+    def _release(self, connection: "_Connection") -> None:
+        """Stop counting a connection (idempotent): it is closed or closing."""
+        self._pending.pop(connection, None)
+        if connection.counted:
+            connection.counted = False
+            left = self._per_address.get(connection.address, 1) - 1
+            if left > 0:
+                self._per_address[connection.address] = left
+            else:
+                self._per_address.pop(connection.address, None)
+
+    def _connection_refused(self, address: str, reason: str) -> None:
+        self.connections_refused_by_reason[reason] = self.connections_refused_by_reason.get(reason, 0) + 1
+        self._emit("on_connection_refused", address, reason)
 
     def _refuse(self, app: str, key: str, reason: str) -> None:
         self.refused_total += 1
@@ -135,14 +205,24 @@ class _Publish:
 class _Connection:
     """One TCP client: handshake, commands, then media into a Segmenter."""
 
-    def __init__(self, server: IngestServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, server: IngestServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str
+    ) -> None:
         self.server = server
         self.config = server.config
         self.reader = reader
         self.writer = writer
-        self.parser = ChunkParser(max_message_bytes=self.config.max_message_bytes)
+        self.address = address
+        self.counted = True  # in the server's per-address count
+        # Until a publish is accepted the client may make us hold only a few KiB (see PackagerConfig).
+        self.parser = ChunkParser(
+            max_message_bytes=self.config.pre_auth_max_message_bytes,
+            max_pending_bytes=self.config.pre_auth_max_message_bytes,
+        )
+        writer.transport.set_write_buffer_limits(high=self.config.pre_auth_max_message_bytes)
         self.out = ChunkWriter()
         self.app = ""
+        self.connected = False
         self.bytes_in = 0
         self.ack_window = 0
         self.acked = 0
@@ -154,45 +234,72 @@ class _Connection:
     # --- life ----------------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        # One deadline for handshake + connect + publish, enforced from outside the reads: a client
+        # that stops reading our answers cannot hold us in drain() past it either.
+        auth_deadline = asyncio.get_running_loop().call_later(self.config.handshake_timeout_s, self._auth_expired)
         try:
-            await asyncio.wait_for(self._handshake(), self.config.handshake_timeout_s)
-            deadline = time.monotonic() + self.config.handshake_timeout_s
+            await self._handshake()
             while not self._closing:
-                timeout = self.config.idle_timeout_s if self.publish else deadline - time.monotonic()
-                if timeout <= 0:
-                    raise ProtocolError("no publish in time")
-                try:
-                    data = await asyncio.wait_for(self.reader.read(65536), timeout)
-                except asyncio.TimeoutError:
-                    raise ProtocolError("timed out") from None
+                if self.publish is None:
+                    data = await self.reader.read(PRE_AUTH_READ)
+                else:
+                    try:
+                        data = await asyncio.wait_for(self.reader.read(65536), self.config.idle_timeout_s)
+                    except asyncio.TimeoutError:
+                        raise ProtocolError("timed out") from None
                 if not data:
                     if self.parser.buffered_bytes and self.publish is None:
                         raise ProtocolError("connection cut mid-message")
                     break
                 self.bytes_in += len(data)
+                self.parser.push(data)
                 tags: list[bytes] = []  # media of this read, handed to the segmenter in one piece
-                for message in self.parser.feed(data):
+                while not self._closing and (message := self.parser.next_message()) is not None:
                     if self.publish is not None and message.type_id in (AUDIO, VIDEO, DATA_AMF0):
                         tags.append(self._flv_tag(self.publish, message))
                         continue
                     await self._handle(message)
-                    if self._closing:
-                        break
                 if tags and self.publish is not None:
                     await self.publish.segmenter.write(b"".join(tags))
+                if self.publish is None and self.bytes_in > self.config.pre_auth_max_bytes:
+                    raise LimitError(f"{self.bytes_in} bytes before publish")
                 await self._send_ack_if_due()
         except (ProtocolError, asyncio.IncompleteReadError, asyncio.TimeoutError) as exc:
             if not self._closing:
                 self.server.protocol_errors_total += 1
                 self.end_reason = "protocol_error"
                 log.info("RTMP client %s closed: %s", self._peer(), exc or type(exc).__name__)
+                if isinstance(exc, LimitError) and self.publish is None:
+                    self.end_reason = PRE_AUTH_LIMIT
+                    self.server._connection_refused(self.address, PRE_AUTH_LIMIT)
         except PackagerError as exc:
             self.end_reason = "segmenter_error"
             log.warning("RTMP publisher %s stopped: %s", self._peer(), exc)
         except (ConnectionError, OSError):
             pass
         finally:
+            auth_deadline.cancel()
             await self._end()
+
+    def _auth_expired(self) -> None:
+        if self.publish is None:
+            self.evict(AUTH_TIMEOUT)
+
+    def evict(self, reason: str) -> None:
+        """Close a connection that has not published, now and without waiting (run() then ends it)."""
+        self.server._release(self)
+        if self._closing:
+            return
+        self.server._connection_refused(self.address, reason)
+        self._closing = True
+        self.end_reason = reason
+        self.writer.transport.abort()  # pending reads see EOF, a pending drain() raises
+
+    def held_bytes(self) -> int:
+        """What this client makes us hold now: parser buffers, unread input, unsent answers."""
+        transport = self.writer.transport
+        unsent = transport.get_write_buffer_size() if not transport.is_closing() else 0
+        return self.parser.buffered_bytes + len(getattr(self.reader, "_buffer", b"")) + unsent
 
     async def stop(self, reason: str) -> None:
         """Ended from outside (server close, a newer publisher of the same folder)."""
@@ -205,6 +312,7 @@ class _Connection:
 
     async def _end(self) -> None:
         self._closing = True
+        self.server._release(self)
         try:
             publish = self.publish
             if publish is not None:
@@ -230,8 +338,7 @@ class _Connection:
             raise ProtocolError(f"RTMP version {c0c1[0]} (only 3, plain RTMP)")
         s1 = struct.pack(">II", 0, 0) + os.urandom(HANDSHAKE_SIZE - 8)
         self.writer.write(b"\x03" + s1 + c0c1[1:])  # S0 S1 S2 (S2 echoes C1)
-        await self.writer.drain()
-        await self.reader.readexactly(HANDSHAKE_SIZE)  # C2
+        await self.reader.readexactly(HANDSHAKE_SIZE)  # C2 (the deadline covers a client that reads nothing)
         self.bytes_in += 1 + 2 * HANDSHAKE_SIZE
 
     # --- messages ------------------------------------------------------------------------------------
@@ -266,6 +373,9 @@ class _Connection:
         name, tid = values[0], values[1] if isinstance(values[1], (int, float)) else 0
         args = values[2:]
         if name == "connect":
+            if self.connected:  # each answer is larger than the command: no amplification
+                raise ProtocolError("connect twice")
+            self.connected = True
             props = args[0] if args and isinstance(args[0], dict) else {}
             self.app = str(props.get("app", "")).strip("/")
             self._send(2, control(WINDOW_ACK_SIZE, struct.pack(">I", SERVER_WINDOW)))
@@ -290,6 +400,12 @@ class _Connection:
         elif name == "play":
             self._status("error", "NetStream.Play.Failed", "This server only takes publishers.")
             self._closing = True
+        await self._drain()
+
+    async def _drain(self) -> None:
+        """Before publish a client that leaves our answers unread is cut off instead of waited for."""
+        if self.publish is None and self.writer.transport.get_write_buffer_size() > self.config.pre_auth_max_message_bytes:
+            raise LimitError("answers not read before publish")
         await self.writer.drain()
 
     async def _publish(self, key: str) -> None:
@@ -308,15 +424,17 @@ class _Connection:
         except UnsafeFolderError as exc:
             log.warning("refused folder from resolve_key: %s", exc)
             return self._refuse(key, BAD_FOLDER)
+        if self._closing:  # closed while the key was resolved (deadline, replaced while pending)
+            return
         lock = server._folder_locks.setdefault(folder, asyncio.Lock())
         async with lock:
             previous = server._publishing.get(folder)
             if previous is not None:
                 await previous.stop("replaced")  # the same stream came back before its old TCP died
-            if len(server._publishing) >= self.config.max_publishers:
-                return self._refuse(key, TOO_MANY_PUBLISHERS)
             if self._closing:
                 return
+            if len(server._publishing) >= self.config.max_publishers:
+                return self._refuse(key, TOO_MANY_PUBLISHERS)
             history = await asyncio.to_thread(load_history, path)
             loop = asyncio.get_running_loop()
 
@@ -331,6 +449,10 @@ class _Connection:
             await asyncio.to_thread(segmenter.start)
             self.publish = _Publish(folder=folder, app=self.app, segmenter=segmenter)
             server._publishing[folder] = self
+        # Authorised: out of the pending pool, and the publisher's limits from here on.
+        server._authorised(self)
+        self.parser.set_limits(max_message_bytes=self.config.max_message_bytes)
+        self.writer.transport.set_write_buffer_limits()
         self._send(2, control(USER_CONTROL, struct.pack(">HI", 0, PUBLISH_STREAM_ID)))  # StreamBegin
         self._status("status", "NetStream.Publish.Start", f"{key[:4]}... is now published.")
         server._emit("on_publish_start", folder)

@@ -92,8 +92,9 @@ def test_stage_flow_two_browsers_and_a_watcher(live_server_proc, live_demo, brow
     # reports reach /metrics (join time and RTT from the browser side).
     for page in (ada, ben):
         page.wait_for_selector("#stage-grid .tile:not(.me) .quality.good, #stage-grid .tile:not(.me) .quality.fair, #stage-grid .tile:not(.me) .quality.poor")
+    admin = login_page(browser, server, "admin", "classcast-demo")  # /metrics answers staff (or a bearer token)
     metrics = wait_until(
-        lambda: (text := ada.evaluate("fetch('/metrics').then((r) => r.text())"))
+        lambda: (text := admin.evaluate("fetch('/metrics').then((r) => r.text())"))
         and 'classcast_rtt_seconds_count{source="browser"}' in text and text,
         what="browser reports in /metrics",
     )

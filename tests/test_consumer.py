@@ -26,7 +26,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 User = get_user_model()
 TIMEOUT = 10
-ORIGIN = b"http://127.0.0.1"  # AllowedHostsOriginValidator wants an allowed Origin
+HOST = b"127.0.0.1"  # the Host a browser sends for a page served from http://127.0.0.1
+ORIGIN = b"http://127.0.0.1"  # the socket wants the page's own origin (scheme, host and port)
 BAD_SDP = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
 
 
@@ -150,7 +151,7 @@ class Socket:
 
 
 def communicator(class_id: int, *, cookie: str | None = None, query: str = "", origin: bytes | None = ORIGIN):
-    headers = []
+    headers = [(b"host", HOST)]
     if origin is not None:
         headers.append((b"origin", origin))
     if cookie is not None:
@@ -199,8 +200,14 @@ async def test_non_member_is_refused(cls):
     assert not await database_sync_to_async(Presence.objects.exists)()
 
 
-async def test_unknown_class_is_refused(cls):
-    assert await refused_with(communicator(cls["id"] + 1000, cookie=cls["cookies"]["ada"])) == 4404
+async def test_unknown_class_is_refused_like_a_class_of_others(cls):
+    # A non-member cannot tell a class id that does not exist from one they are not in.
+    before = await sample("classcast_sockets_refused_total", {"reason": "not_member"})
+    assert await refused_with(communicator(cls["id"] + 1000, cookie=cls["cookies"]["ada"])) == 4403
+    assert await refused_with(communicator(cls["id"], cookie=cls["cookies"]["eve"])) == 4403
+    assert await sample("classcast_sockets_refused_total", {"reason": "not_member"}) == before + 2
+    # staff may see every class: for them a missing class is just that
+    assert await refused_with(communicator(cls["id"] + 1000, cookie=cls["cookies"]["admin"])) == 4404
 
 
 async def test_foreign_origin_is_refused(cls):
@@ -780,20 +787,30 @@ async def test_a_second_tab_takes_over_publishing(cls):
         await ada.close()
 
 
-async def test_stats_report_is_observed_once_per_socket_for_join_time(cls):
+async def test_stats_report_is_observed_once_per_media_connection_for_join_time(cls):
     labels = {"source": "browser"}
-    ben = await open_socket(cls, "ben")
+    ada = await open_socket(cls, "ada", page="console")
     try:
+        await ada.send(type="session.start", id="s")
+        await ada.expect("ack", ref="s")
+        await ada.send(type="rtc.join", id="j")
+        await ada.expect("rtc.offer")
         before = await sample("classcast_join_seconds_count", labels)
         report = {"type": "stats.report", "join_ms": 850, "rtt_ms": 20,
                   "tracks": [{"kind": "video", "direction": "inbound", "bitrate_bps": 500_000, "jitter_ms": 4,
                               "packet_loss": 0.01, "fps": 20}]}
-        await ben.send(**report, id="r1")
-        await ben.send(**report, id="r2")
-        await ben.ping()  # both reports were handled before the pong
+        await ada.send(**report, id="r1")
+        await ada.send(**report, id="r2")
+        await ada.ping()  # both reports were handled before the pong
         assert await sample("classcast_join_seconds_count", labels) == before + 1
         bad = {**report, "tracks": [{"kind": "video", "direction": "sideways"}]}
-        await ben.send(**bad, id="r3")
-        await ben.error("invalid_field", ref="r3")
+        await ada.send(**bad, id="r3")
+        await ada.error("invalid_field", ref="r3")
+        # a new media connection measures its own join
+        await ada.send(type="rtc.join", id="j2")
+        await ada.expect("rtc.offer")
+        await ada.send(type="stats.report", join_ms=900, id="r4")
+        await ada.ping()
+        assert await sample("classcast_join_seconds_count", labels) == before + 2
     finally:
-        await ben.close()
+        await ada.close()

@@ -440,6 +440,6 @@ async def test_refused_viewers_are_never_remembered(ll_folder):
     app = hls_fast_path(django_app)
     url = ll_folder["url"] + "live.m3u8"
     for _ in range(2):
-        assert (await asgi_get(app, url))[0] == 403
-        assert (await asgi_get(app, url, "token=forged"))[0] == 403
+        assert (await asgi_get(app, url))[0] == 404  # a non-member learns nothing, not even that it exists
+        assert (await asgi_get(app, url, "token=forged"))[0] == 404
     assert django_app.calls == 4

@@ -13,11 +13,13 @@ from classroom.signaling.messages import (
     MAX_REPORTED_TRACKS,
     MAX_SDP_CHARS,
     SCHEMAS,
+    STATS_LIMITS,
     Message,
     MessageError,
     message_parse,
+    text_problem,
 )
-from classroom.signaling.ratelimit import TokenBucket
+from classroom.signaling.ratelimit import SocketBudgets, TokenBucket
 
 SDP = (
     "v=0\r\n"
@@ -365,6 +367,8 @@ BAD_FIELDS = [
     ({"type": "rtc.candidate", "pc": "publish", "candidate": CANDIDATE, "sdpMLineIndex": 0.5}),
     ({"type": "stats.report", "join_ms": -1}),
     ({"type": "stats.report", "join_ms": 600_001}),
+    ({"type": "stats.report", "join_ms": 120_001}),
+    ({"type": "stats.report", "available_out_bps": 50e6 + 1}),
     ({"type": "stats.report", "join_ms": "100"}),
     ({"type": "stats.report", "join_ms": True}),
     ({"type": "stats.report", "rtt_ms": 60_001}),
@@ -500,10 +504,165 @@ def test_track_report_limit_is_inclusive():
 
 
 def test_track_report_bounds_are_inclusive():
-    report = track(bitrate_bps=0, packet_loss=1, jitter_ms=100_000, fps=1000)
+    report = track(bitrate_bps=50_000_000, packet_loss=1, jitter_ms=60_000, fps=240)
     (cleaned,) = message_parse(raw(type="stats.report", tracks=[report])).fields["tracks"]
-    assert cleaned == {"kind": "video", "direction": "inbound", "bitrate_bps": 0.0, "packet_loss": 1.0,
-                       "jitter_ms": 100_000.0, "fps": 1000.0}
+    assert cleaned == {"kind": "video", "direction": "inbound", "bitrate_bps": 50e6, "packet_loss": 1.0,
+                       "jitter_ms": 60_000.0, "fps": 240.0}
+
+
+@pytest.mark.once
+def test_stats_limits_are_what_a_browser_can_measure():
+    # loss 0..1, rtt/jitter up to 60 s, bitrate up to 50 Mbit/s, join up to 2 min
+    assert STATS_LIMITS == {"join_ms": 120_000, "rtt_ms": 60_000, "jitter_ms": 60_000, "packet_loss": 1,
+                            "bitrate_bps": 50e6, "available_out_bps": 50e6, "fps": 240}
+    top = {"join_ms": 120_000, "rtt_ms": 60_000, "available_out_bps": 50e6}
+    assert message_parse(raw(type="stats.report", **top)).fields == {k: float(v) for k, v in top.items()}
+
+
+@pytest.mark.once
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"join_ms": 120_000.5},
+        {"rtt_ms": 60_000.5},
+        {"rtt_ms": -1},
+        {"available_out_bps": 1e10},
+        {"tracks": [track(bitrate_bps=50e6 + 1)]},
+        {"tracks": [track(jitter_ms=60_001)]},
+        {"tracks": [track(packet_loss=1.01)]},
+        {"tracks": [track(fps=241)]},
+        {"tracks": [track(kind="data")]},
+        {"tracks": [track(direction="sendrecv")]},
+    ],
+    ids=lambda d: json.dumps(d)[:50],
+)
+def test_out_of_range_stats_are_refused_with_the_field_named(data):
+    error = parse_error(raw(type="stats.report", **data))
+    assert error.code == "invalid_field"
+    field = next(iter(data))
+    assert error.detail.startswith(f"stats.report: {field} ")
+    if field == "tracks":
+        assert f"[0].{next(iter(set(data['tracks'][0]) - {'kind', 'direction'}), None) or ''}" in error.detail
+
+
+# --- text that cannot be stored: lone surrogates, NUL and other control characters ---------------------------------
+
+# JSON escapes, as a client sends them: json.loads turns "\ud800" into a lone surrogate.
+BAD_TEXT = [
+    pytest.param('"\\ud800"', "U+D800", id="lone-high-surrogate"),
+    pytest.param('"ok \\udfff"', "U+DFFF", id="lone-low-surrogate"),
+    pytest.param('"a\\u0000b"', "U+0000", id="NUL"),
+    pytest.param('"bell \\u0007"', "U+0007", id="BEL"),
+    pytest.param('"esc \\u001b[31m"', "U+001B", id="ESC"),
+    pytest.param('"del \\u007f"', "U+007F", id="DEL"),
+    pytest.param('"c1 \\u0085"', "U+0085", id="C1-NEL"),
+]
+
+
+@pytest.mark.once
+@pytest.mark.parametrize("text, named", BAD_TEXT)
+@pytest.mark.parametrize(
+    "frame, field",
+    [
+        ('{"type": "chat.send", "text": %s}', "chat.send: text"),
+        ('{"type": "destination.add", "name": %s, "url": "rtmp://example.com/live/k"}', "destination.add: name"),
+        ('{"type": "destination.add", "name": "YT", "url": %s}', "destination.add: url"),
+        ('{"type": "rtc.candidate", "pc": "publish", "candidate": %s}', "rtc.candidate: candidate"),
+        ('{"type": "rtc.candidate", "pc": "publish", "candidate": "", "sdpMid": %s}', "rtc.candidate: sdpMid"),
+    ],
+    ids=["chat", "destination-name", "destination-url", "candidate", "mid"],
+)
+def test_every_free_text_field_refuses_text_that_cannot_be_stored(frame, field, text, named):
+    error = parse_error(frame % text)
+    assert error.code == "invalid_field"
+    assert error.detail.startswith(f"{field} contains ")
+    assert named in error.detail
+
+
+@pytest.mark.once
+def test_sdp_refuses_a_lone_surrogate_and_nul_but_keeps_its_line_breaks():
+    assert parse_error(raw(type="rtc.answer", pc="publish", sdp=SDP + "a=x:\ud800\r\n")).code == "invalid_field"
+    assert parse_error(raw(type="rtc.answer", pc="publish", sdp=SDP + "a=x:\x00\r\n")).code == "invalid_field"
+    assert message_parse(raw(type="rtc.answer", pc="publish", sdp=SDP)).fields["sdp"] == SDP
+
+
+@pytest.mark.once
+def test_chat_keeps_line_breaks_tabs_and_any_real_character():
+    text = "line one\nline two\r\n\tindented: é ✓ 👋 \u200b"
+    assert message_parse(raw(type="chat.send", text=text)).fields["text"] == text
+    # a surrogate pair, escaped as JSON escapes it, is one real character
+    assert message_parse('{"type": "chat.send", "text": "\\ud83d\\ude00"}').fields["text"] == "\U0001F600"
+
+
+@pytest.mark.once
+def test_names_and_urls_are_one_line():
+    error = parse_error(raw(type="destination.add", name="You\nTube", url="rtmp://example.com/live/k"))
+    assert "U+000A" in error.detail and "single line" in error.detail
+
+
+@pytest.mark.once
+@pytest.mark.parametrize("ident", ["\ud800", "a\x00", "two\nlines"])
+def test_id_with_text_that_cannot_be_echoed_is_invalid(ident):
+    text = json.dumps({"type": "ping", "id": ident})
+    error = parse_error(text)
+    assert (error.code, error.ref) == ("invalid_field", None)
+
+
+@pytest.mark.once
+def test_text_problem_names_the_character():
+    assert text_problem("fine") is None
+    assert text_problem("a\tb\nc", multiline=True) is None
+    assert "surrogate" in text_problem("\udbff")
+    assert "U+0000" in text_problem("\x00", multiline=True)
+
+
+# --- SocketBudgets: one bucket per person, a cap on sockets per class ------------------------------------------
+
+@pytest.mark.once
+def test_a_persons_sockets_share_one_bucket():
+    clock = FakeClock()
+    budgets = SocketBudgets()
+    make = lambda: TokenBucket(rate_per_s=1, burst=4, clock=clock)  # noqa: E731
+    first = budgets.open(user=1, classroom=7, max_sockets=5, bucket=make)
+    second = budgets.open(user=1, classroom=8, max_sockets=5, bucket=make)  # another class: same person
+    other = budgets.open(user=2, classroom=7, max_sockets=5, bucket=make)
+    assert first is second and first is not other
+    assert takes(first, 2) + takes(second, 3) == [True] * 4 + [False]
+    assert takes(other, 4) == [True] * 4
+
+
+@pytest.mark.once
+def test_socket_cap_is_per_person_and_class_and_frees_on_close():
+    budgets = SocketBudgets()
+    make = lambda: TokenBucket(rate_per_s=1, burst=1)  # noqa: E731
+    assert budgets.open(user=1, classroom=7, max_sockets=2, bucket=make) is not None
+    assert budgets.open(user=1, classroom=7, max_sockets=2, bucket=make) is not None
+    assert budgets.open(user=1, classroom=7, max_sockets=2, bucket=make) is None
+    assert budgets.open(user=1, classroom=8, max_sockets=2, bucket=make) is not None
+    assert budgets.open(user=2, classroom=7, max_sockets=2, bucket=make) is not None
+    budgets.close(user=1, classroom=7)
+    assert budgets.sockets(user=1, classroom=7) == 1
+    assert budgets.open(user=1, classroom=7, max_sockets=2, bucket=make) is not None
+    assert budgets.open(user=9, classroom=7, max_sockets=0, bucket=make) is not None  # 0: no cap
+
+
+@pytest.mark.once
+def test_reopening_does_not_refill_the_bucket():
+    clock = FakeClock()
+    budgets = SocketBudgets()
+    make = lambda: TokenBucket(rate_per_s=1, burst=3, clock=clock)  # noqa: E731
+    bucket = budgets.open(user=1, classroom=7, max_sockets=5, bucket=make)
+    assert takes(bucket, 4) == [True] * 3 + [False]
+    budgets.close(user=1, classroom=7)
+    again = budgets.open(user=1, classroom=7, max_sockets=5, bucket=make)
+    assert again is bucket and again.take() is False
+    budgets.close(user=1, classroom=7)
+    budgets._prune()  # not refilled yet: kept
+    assert budgets.open(user=1, classroom=7, max_sockets=5, bucket=make) is bucket
+    budgets.close(user=1, classroom=7)
+    clock.advance(10)
+    budgets._prune()  # refilled: a new bucket would be the same, so it is forgotten
+    assert budgets.open(user=1, classroom=7, max_sockets=5, bucket=make) is not bucket
 
 
 # --- TokenBucket ---------------------------------------------------------------------------------------------------

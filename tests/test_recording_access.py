@@ -78,22 +78,23 @@ def test_admin_reviews_and_downloads_and_it_is_audited(world):
 
 def test_who_sees_what(world):
     users, recording = world["users"], world["recording"]
-    # The class's instructor: yes. Another class's instructor, a student, an outsider: no.
+    # The class's instructor: yes. Another class's instructor, a student, an outsider: no, and they hear
+    # what they would for a recording that does not exist.
     assert client_for(users["ada"]).get(f"/recordings/{recording.pk}/").status_code == 200
     for name in ("olga", "ben", "zed"):
-        assert client_for(users[name]).get(f"/recordings/{recording.pk}/").status_code == 403, name
+        assert client_for(users[name]).get(f"/recordings/{recording.pk}/").status_code == 404, name
     assert Client().get(f"/recordings/{recording.pk}/").status_code == 302  # to the login page
     # Lists show only what one may see.
     assert f'data-recording-id="{recording.pk}"'.encode() in client_for(users["ada"]).get("/recordings/").content
     for name in ("olga", "ben"):
         assert b"data-recording-id" not in client_for(users[name]).get("/recordings/").content
-    # A student acting above themself: sharing is for the instructor only.
-    assert client_for(users["ben"]).post(f"/recordings/{recording.pk}/share/", {"shared": "1"}).status_code == 403
+    # A student acting above themself: sharing is for the instructor only (and unshared, ben cannot see it).
+    assert client_for(users["ben"]).post(f"/recordings/{recording.pk}/share/", {"shared": "1"}).status_code == 404
     # Once the instructor shares it with the class, its students see it (others still do not).
     assert client_for(users["ada"]).post(f"/recordings/{recording.pk}/share/", {"shared": "1"}).status_code == 302
     assert client_for(users["ben"]).get(f"/recordings/{recording.pk}/").status_code == 200
-    assert client_for(users["zed"]).get(f"/recordings/{recording.pk}/").status_code == 403
-    assert client_for(users["ben"]).post(f"/recordings/{recording.pk}/delete/").status_code == 403
+    assert client_for(users["zed"]).get(f"/recordings/{recording.pk}/").status_code == 404
+    assert client_for(users["ben"]).post(f"/recordings/{recording.pk}/delete/").status_code == 403  # sees it; may not
 
 
 def test_links_expire_and_cannot_be_tampered_with(world, settings):
@@ -123,7 +124,7 @@ def test_links_expire_and_cannot_be_tampered_with(world, settings):
     from classroom.models import Membership
 
     Membership.objects.filter(user=users["ada"]).delete()
-    assert Client().get(url).status_code == 403
+    assert Client().get(url).status_code == 404
 
 
 @pytest.mark.parametrize("trick", [
@@ -177,7 +178,7 @@ def test_delete_by_hand_and_by_retention_is_logged(world):
     users, recording = world["users"], world["recording"]
     store = storages["recordings"]
     assert store.exists(f"{recording.folder}/program.mp4")
-    assert client_for(users["olga"]).post(f"/recordings/{recording.pk}/delete/").status_code == 403
+    assert client_for(users["olga"]).post(f"/recordings/{recording.pk}/delete/").status_code == 404
     assert client_for(users["ada"]).post(f"/recordings/{recording.pk}/delete/").status_code == 302
     assert not Recording.objects.filter(pk=recording.pk).exists()
     assert not store.exists(f"{recording.folder}/program.mp4")
@@ -221,7 +222,7 @@ def test_instructor_sets_the_class_recording_policy(world):
     users, classroom = world["users"], world["classroom"]
     url = f"/classes/{classroom.pk}/recording-settings/"
     assert client_for(users["ben"]).post(url, {"auto_record": "on", "retention_days": "7"}).status_code == 403
-    assert client_for(users["olga"]).post(url, {"auto_record": "on"}).status_code == 403
+    assert client_for(users["olga"]).post(url, {"auto_record": "on"}).status_code == 404  # not her class
     assert client_for(users["ada"]).post(url, {"retention_days": "-3"}).status_code == 400
     assert client_for(users["ada"]).post(url, {"retention_days": "99999"}).status_code == 400
     assert client_for(users["ada"]).post(url, {"auto_record": "on", "retention_days": "7"}).status_code == 302
@@ -238,4 +239,4 @@ def test_review_page_gets_fresh_player_links(world):
     assert data["program"]["start_ms"] == 0 and data["tracks"][0]["start_ms"] == 1000
     assert [e["offset_ms"] for e in data["events"]] == [2000, 3500]
     assert Client().get(data["program"]["url"]).status_code == 200
-    assert client_for(users["olga"]).get(f"/recordings/{recording.pk}/review.json").status_code == 403
+    assert client_for(users["olga"]).get(f"/recordings/{recording.pk}/review.json").status_code == 404

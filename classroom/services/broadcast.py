@@ -3,8 +3,10 @@
 heartbeat and control channel, so it is stopped by a flag, never by killing a process."""
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -127,23 +129,93 @@ def broadcast_layout_set(*, classroom_id: int, actor: Actor, layout: str, focus_
     )
 
 
+INSIDE_OUR_NETWORK = (
+    "that address is inside our network; use the public RTMP URL of YouTube, Twitch or your streaming "
+    "service, e.g. rtmp://a.rtmp.youtube.com/live2/<key>"
+)
+# IPv6 forms that carry an IPv4 address the packet may end up at (NAT64 well-known prefix, RFC 6052).
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _address_internal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Loopback, private, link-local, multicast, reserved, unspecified or otherwise not public (CGNAT,
+    documentation ranges...), also when wrapped in an IPv6 address."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None and _address_internal(embedded):
+            return True
+    return (
+        ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_multicast or ip.is_reserved
+        or ip.is_unspecified or not ip.is_global
+    )
+
+
+def _url_host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return (parts.hostname or "").rstrip("."), parts.port or (443 if parts.scheme == "rtmps" else 1935)
+
+
+def destination_address_check(*, host: str, port: int, addresses: Iterable[str]) -> str | None:
+    """Whether the compositor may send a broadcast to `host` at these resolved addresses: None, or the
+    user's error. Nothing inside our network (SSRF from the worker), unless the operator named the host
+    or its network in CLASSCAST_DESTINATION_ALLOWED_HOSTS; our own ingest is always allowed. Asked when
+    a destination is added and again by the worker right before each connect (DNS may change)."""
+    host = host.lower().rstrip(".")
+    if (host, port) == _url_host_port(settings.CLASSCAST_RTMP_INGEST_URL):
+        return None
+    names, networks = set(), []
+    for entry in settings.CLASSCAST_DESTINATION_ALLOWED_HOSTS:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
+        except ValueError:
+            names.add(entry.lower().rstrip("."))
+    if host in names:
+        return None
+    for address in addresses:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return INSIDE_OUR_NETWORK  # not an address we can judge: not one we connect to
+        if _address_internal(ip) and not any(ip.version == net.version and ip in net for net in networks):
+            return INSIDE_OUR_NETWORK
+    return None
+
+
 def destination_url_check(url: str) -> str:
-    """An RTMP(S) URL with a host; the user's to get right, so the message says what is wrong."""
+    """An RTMP(S) URL with a host outside our network; the user's to get right, so the message says what
+    is wrong. A host that does not resolve now is let through: the worker checks it again, and reports
+    it unknown, when it connects."""
     url = url.strip()
     parts = urlsplit(url)
-    if parts.scheme not in ("rtmp", "rtmps") or not parts.hostname or len(url) > 500:
+    try:
+        host, port = _url_host_port(url)
+    except ValueError:  # a port that is not a number from 0 to 65535
+        host, port = "", 0
+    if parts.scheme not in ("rtmp", "rtmps") or not host or len(url) > 500:
         raise InvalidState("a destination is an rtmp:// or rtmps:// URL with a host, e.g. rtmp://a.rtmp.youtube.com/live2/<key>")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return url
+    refusal = destination_address_check(host=host, port=port, addresses=[str(info[4][0]) for info in infos])
+    if refusal:
+        raise InvalidState(refusal)
     return url
 
 
-@transaction.atomic
 def destination_add(*, classroom_id: int, actor: Actor, name: str, url: str) -> Destination:
     _require_manager(actor, "add broadcast destinations")
+    url = destination_url_check(url)  # may ask DNS: before the transaction, not inside it
+    return _destination_create(classroom_id=classroom_id, name=name, url=url)
+
+
+@transaction.atomic
+def _destination_create(*, classroom_id: int, name: str, url: str) -> Destination:
     if Destination.objects.filter(classroom_id=classroom_id).count() >= 5:
         raise InvalidState("a class has at most 5 extra destinations")
-    destination = Destination.objects.create(
-        classroom_id=classroom_id, name=(name.strip() or "RTMP")[:80], url=destination_url_check(url)
-    )
+    destination = Destination.objects.create(classroom_id=classroom_id, name=(name.strip() or "RTMP")[:80], url=url)
     log.info("destination added", extra={"class_id": classroom_id, "destination_id": destination.pk})
     return destination
 

@@ -8,7 +8,7 @@ from ..models import ChatMessage, SessionEvent
 from ..notify import class_broadcast_on_commit
 from ..permissions import Actor, can_chat
 from ..selectors import chat_message_json
-from ..signaling.messages import MAX_CHAT_CHARS
+from ..signaling.messages import MAX_CHAT_CHARS, text_problem
 from .sessions import session_require_live
 
 
@@ -21,6 +21,9 @@ def chat_post(*, classroom_id: int, actor: Actor, text: str) -> ChatMessage:
         raise InvalidState("an empty message is not sent")
     if len(text) > MAX_CHAT_CHARS:
         raise InvalidState(f"a message holds at most {MAX_CHAT_CHARS} characters")
+    problem = text_problem(text, multiline=True)  # the socket checks too; this guards every other caller
+    if problem:
+        raise InvalidState(f"the message {problem}")
     session = session_require_live(classroom_id=classroom_id)
     message = ChatMessage.objects.create(session=session, author_id=actor.user_id, text=text)
     message.refresh_from_db()

@@ -57,6 +57,12 @@ class IngestEvents:
         metrics.INGEST_REFUSED.labels(reason=reason).inc()
         log.warning("publisher refused", extra={"app": app[:40], "reason": reason})
 
+    def on_connection_refused(self, address: str, reason: str) -> None:
+        """A connection closed before an accepted publish: too many from its address, replaced in the
+        pending pool, no publish in time, or more bytes than a publisher sends before publish."""
+        metrics.INGEST_REFUSED.labels(reason=reason).inc()
+        log.warning("RTMP connection refused", extra={"address": address, "reason": reason})
+
     def on_segment(self, folder: str, segment_name: str, duration_s: float) -> None:
         metrics.INGEST_SEGMENTS.inc()
         metrics.INGEST_SEGMENT_SECONDS.observe(duration_s)

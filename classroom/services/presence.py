@@ -8,6 +8,11 @@ from ..notify import class_broadcast_on_commit
 from ..selectors import participants_list
 
 
+def presence_announce(*, classroom_id: int) -> None:
+    """Everyone in the class gets the participants list again once committed (e.g. a role changed)."""
+    _announce(classroom_id)
+
+
 def _announce(classroom_id: int) -> None:
     class_broadcast_on_commit(
         classroom_id=classroom_id,

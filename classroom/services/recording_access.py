@@ -2,13 +2,17 @@
 (by hand or when their retention runs out)."""
 from __future__ import annotations
 
+import hashlib
 import logging
+import secrets
 import shutil
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 from django.core import signing
+from django.core.cache import cache
 from django.core.files.storage import storages
 from django.db import transaction
 from django.db.models import Q, QuerySet
@@ -30,6 +34,8 @@ def recording_actor(*, user: Any, recording: Recording) -> Actor:
 
 
 def recording_require_view(*, user: Any, recording_id: int) -> Recording:
+    """The recording, if the user may see it. NotFound both when it does not exist and when they may not
+    see it: the answer must not tell which recording ids exist."""
     recording = Recording.objects.select_related("classroom", "session").filter(pk=recording_id).first()
     if recording is None:
         raise NotFound("no such recording")
@@ -37,7 +43,7 @@ def recording_require_view(*, user: Any, recording_id: int) -> Recording:
     if not can_review_recording(
         actor, published=recording.status == RecordingStatus.PUBLISHED, shared_with_students=recording.shared_with_students
     ):
-        raise NotAllowed("you may not see this recording")
+        raise NotFound("no such recording")
     return recording
 
 
@@ -63,26 +69,43 @@ def recordings_visible(*, user: Any) -> QuerySet[Recording]:
 
 # --- signed links --------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class FileLink:
+    """What a verified signed link says."""
+
+    user_id: int
+    download: bool
+    expires: int  # unix time
+    link_id: str  # names this one issued link (a digest of its signature), for the download audit
+
+
+def _link_message(recording_id: int, name: str, user_id: int, expires: int, dl: str, nonce: str) -> str:
+    return f"{recording_id}:{name}:{user_id}:{expires}:{dl}:{nonce}"
+
+
 def file_link_sign(*, recording_id: int, name: str, user_id: int, download: bool, ttl_s: int | None = None) -> str:
-    """The query string of a short-lived link to one file of a recording, for one user."""
+    """The query string of a short-lived link to one file of a recording, for one user. Each link is
+    unique (a nonce), so that its downloads are audited once per link handed out."""
     expires = int(time.time()) + (ttl_s if ttl_s is not None else settings.CLASSCAST_RECORDING_LINK_TTL_S)
     dl = "1" if download else "0"
-    sig = signing.Signer(salt=_LINK_SALT).signature(f"{recording_id}:{name}:{user_id}:{expires}:{dl}")
-    return f"u={user_id}&e={expires}&dl={dl}&s={sig}"
+    nonce = secrets.token_urlsafe(6)
+    sig = signing.Signer(salt=_LINK_SALT).signature(_link_message(recording_id, name, user_id, expires, dl, nonce))
+    return f"u={user_id}&e={expires}&dl={dl}&n={nonce}&s={sig}"
 
 
-def file_link_verify(*, recording_id: int, name: str, params: Any) -> tuple[int, bool]:
-    """(user id, download?) of a valid link; NotAllowed for a tampered or expired one."""
+def file_link_verify(*, recording_id: int, name: str, params: Any) -> FileLink:
+    """The link's user and kind if it is valid; NotAllowed for a tampered or expired one."""
     try:
-        user_id, expires, dl, sig = int(params["u"]), int(params["e"]), params["dl"], params["s"]
+        user_id, expires, dl, nonce, sig = int(params["u"]), int(params["e"]), params["dl"], params["n"], params["s"]
     except (KeyError, ValueError, TypeError):
         raise NotAllowed("this link is not valid") from None
-    expected = signing.Signer(salt=_LINK_SALT).signature(f"{recording_id}:{name}:{user_id}:{expires}:{dl}")
+    expected = signing.Signer(salt=_LINK_SALT).signature(_link_message(recording_id, name, user_id, expires, dl, nonce))
     if not signing.constant_time_compare(expected, str(sig)):
         raise NotAllowed("this link is not valid")
     if expires < time.time():
         raise NotAllowed("this link has expired; open the recording again for a fresh one")
-    return user_id, dl == "1"
+    return FileLink(user_id=user_id, download=dl == "1", expires=expires,
+                    link_id=hashlib.sha256(str(sig).encode()).hexdigest()[:16])
 
 
 # --- audit -----------------------------------------------------------------------------------------------
@@ -99,6 +122,18 @@ def audit_record(
     )
     log.info("audit %s", action, extra={"recording_id": entry.recording_id, "user_id": entry.actor_id})
     return entry
+
+
+def download_audit(*, user: Any, recording: Recording, name: str, link: FileLink, ip: str | None = None) -> bool:
+    """Audit a download once per signed link, whatever range its first request asks for (a client may
+    start at any byte), and not again for the continuation ranges players and download managers send
+    after it. True if this request was the one audited."""
+    key = f"classcast:download-audited:{link.link_id}"
+    if not cache.add(key, True, timeout=max(1, link.expires - int(time.time()) + 1)):
+        return False
+    audit_record(actor=user, action="recording.download", recording=recording, target=name, ip=ip,
+                 detail={"link": link.link_id})
+    return True
 
 
 # --- sharing and deleting --------------------------------------------------------------------------------

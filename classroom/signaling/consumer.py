@@ -3,9 +3,18 @@
 Every frame is validated by `message_parse`; state changes go through services; SDP and ICE go to the
 session's media node over the channel layer and its offers come back here. Refusals are error
 events (`{"type": "error", "code", "message", "ref"}`) and the socket stays usable.
+
+Access is re-read from the database when the person's membership or account changes (the
+`classroom.access` event of services/membership.py), before every action, and every
+CLASSCAST_WS_ACCESS_RECHECK_S: someone who may no longer see the class is told so in words, leaves
+the media connection and is closed with 4403; a changed role gets a fresh welcome. A non-member is
+refused with 4403 whether or not the class exists. A person's sockets in this process share one
+message budget and are capped per class (signaling/ratelimit.py).
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any, Callable
 from urllib.parse import parse_qs
@@ -19,24 +28,32 @@ import json
 from .. import metrics
 from ..errors import ClassroomError, InvalidState, NotAllowed
 from ..models import Classroom
-from ..notify import class_group
+from ..notify import class_group, user_group
 from ..permissions import Actor, can_manage_session, can_view_class
-from ..selectors import actor_get, chat_history, class_members, class_state, display_name, session_live_get
-from ..selectors import stage_member_muted
+from ..selectors import actor_current, actor_get, chat_history, class_members, class_state, display_name
+from ..selectors import session_live_get, stage_member_muted
 from ..services import broadcast, chat, hands, recordings, sessions, stage
 from ..services.ice import ice_servers_for
 from ..services.media import media_node_for_session
 from ..services.presence import presence_enter, presence_leave
 from ..services.tokens import ServiceIdentity, service_token_verify
 from .messages import Message, MessageError, message_parse
-from .ratelimit import TokenBucket
+from .ratelimit import SocketBudgets, TokenBucket
 
 log = logging.getLogger("classcast.signaling")
 
 PAGES = ("console", "class", "watch")
 CLOSE_UNAUTHENTICATED = 4401
-CLOSE_FORBIDDEN = 4403
-CLOSE_NOT_FOUND = 4404
+CLOSE_FORBIDDEN = 4403  # not a member, or no such class (a non-member cannot tell the two apart)
+CLOSE_NOT_FOUND = 4404  # no such class, told only to staff (who may see every class) and service tokens
+CLOSE_TOO_MANY_SOCKETS = 4429
+NO_LONGER_MEMBER = "You are no longer a member of this class."
+# stats.report: the browser reports every 2 s; more often is dropped quietly (no error to show).
+STATS_REPORT_EVERY_S = 2.0
+STATS_REPORT_BURST = 2
+
+# Every person's sockets in this process: one shared message budget, a cap per class.
+BUDGETS = SocketBudgets()
 
 # message type -> service call; each takes (classroom_id, actor, fields)
 ACTIONS: dict[str, Callable[[int, Actor, dict[str, Any]], Any]] = {
@@ -66,6 +83,10 @@ ACTIONS: dict[str, Callable[[int, Actor, dict[str, Any]], Any]] = {
     "recording.start": lambda c, a, f: recordings.recording_start(classroom_id=c, actor=a),
     "recording.stop": lambda c, a, f: recordings.recording_stop(classroom_id=c, actor=a),
 }
+def _message_bucket() -> TokenBucket:
+    return TokenBucket(rate_per_s=settings.CLASSCAST_WS_RATE_PER_S, burst=settings.CLASSCAST_WS_RATE_PER_S * 2)
+
+
 SERVICE_ALLOWED = {"rtc.join", "rtc.answer", "rtc.candidate", "rtc.leave", "ping", "stats.report"}
 
 
@@ -74,7 +95,10 @@ class ClassConsumer(AsyncWebsocketConsumer):
     actor: Actor | None = None
     service: ServiceIdentity | None = None
     media: tuple[str, int] | None = None  # (media node channel, session id) while a peer connection exists
-    joined: bool = False
+    joined: bool = False  # in the class's groups and presence
+    revoked: bool = False  # told it may no longer see the class; closing
+    budget_user: int | None = None  # holds a slot in BUDGETS
+    access_task: asyncio.Task[None] | None = None
 
     # --- connection --------------------------------------------------------------------------------
 
@@ -84,34 +108,49 @@ class ClassConsumer(AsyncWebsocketConsumer):
         self.page = query.get("page", ["class"])[0]
         if self.page not in PAGES:
             self.page = "class"
-        self.bucket = TokenBucket(
-            rate_per_s=settings.CLASSCAST_WS_RATE_PER_S, burst=settings.CLASSCAST_WS_RATE_PER_S * 2
-        )
-        self.browser_join_reported = False
+        self.stats_bucket = TokenBucket(rate_per_s=1 / STATS_REPORT_EVERY_S, burst=STATS_REPORT_BURST)
+        self.join_reported = False  # join_ms counts once per media connection
         token = query.get("token", [""])[0]
         user = self.scope.get("user")
+        class_exists = database_sync_to_async(Classroom.objects.filter(pk=self.classroom_id).exists)
         if not token and (user is None or not user.is_authenticated):
             # Before the class lookup, so anonymous sockets cannot probe which class ids exist.
             return await self._refuse(CLOSE_UNAUTHENTICATED, "unauthenticated")
-        if not await database_sync_to_async(Classroom.objects.filter(pk=self.classroom_id).exists)():
-            return await self._refuse(CLOSE_NOT_FOUND, "no_class")
         if token:
             try:
                 self.service = service_token_verify(token=token, classroom_id=self.classroom_id)
             except NotAllowed as exc:
                 log.warning("service token refused: %s", exc, extra={"class_id": self.classroom_id})
                 return await self._refuse(CLOSE_UNAUTHENTICATED, "bad_token")
+            if not await class_exists():
+                return await self._refuse(CLOSE_NOT_FOUND, "no_class")
             self.page = "service"
+            # A service socket keeps a budget of its own: it is no person's.
+            self.bucket = _message_bucket()
         else:
             self.actor = await database_sync_to_async(actor_get)(user=user, classroom_id=self.classroom_id)
             if not can_view_class(self.actor):
+                # The same answer whether the class exists or not: ids tell a non-member nothing.
                 log.warning("non-member refused", extra={"class_id": self.classroom_id, "user_id": user.pk})
                 return await self._refuse(CLOSE_FORBIDDEN, "not_member")
+            if not await class_exists():  # only staff get here for a class that does not exist
+                return await self._refuse(CLOSE_NOT_FOUND, "no_class")
+            bucket = BUDGETS.open(
+                user=user.pk,
+                classroom=self.classroom_id,
+                max_sockets=settings.CLASSCAST_WS_MAX_SOCKETS_PER_USER,
+                bucket=_message_bucket,
+            )
+            if bucket is None:
+                return await self._refuse_too_many()
+            self.bucket, self.budget_user = bucket, user.pk
         if settings.CLASSCAST_MEDIA_NODE_EMBEDDED:
             from ..media_node.node import media_node_ensure_started
 
             await media_node_ensure_started()
         await self.channel_layer.group_add(class_group(self.classroom_id), self.channel_name)
+        if self.actor is not None:
+            await self.channel_layer.group_add(user_group(self.actor.user_id), self.channel_name)
         await self.accept()
         self.joined = True
         await database_sync_to_async(presence_enter)(
@@ -122,10 +161,23 @@ class ClassConsumer(AsyncWebsocketConsumer):
             hidden=self.service is not None,
         )
         await self._send(await database_sync_to_async(self._welcome)())
+        if self.actor is not None and settings.CLASSCAST_WS_ACCESS_RECHECK_S > 0:
+            self.access_task = asyncio.ensure_future(self._access_watch())
 
     async def _refuse(self, code: int, reason: str) -> None:
         metrics.SOCKETS_REFUSED.labels(reason=reason).inc()
         await self.close(code=code)
+
+    async def _refuse_too_many(self) -> None:
+        # Accepted first: a close before the handshake reaches a browser as a bare failure, not as words.
+        limit = settings.CLASSCAST_WS_MAX_SOCKETS_PER_USER
+        metrics.SOCKETS_REFUSED.labels(reason="too_many_sockets").inc()
+        await self.accept()
+        await self._error(
+            "too_many_sockets",
+            f"This class is already open in {limit} tabs or windows of yours; close one and reload this page.",
+        )
+        await self.close(code=CLOSE_TOO_MANY_SOCKETS, reason="too many sockets")
 
     def _welcome(self) -> dict[str, Any]:
         state = class_state(classroom_id=self.classroom_id)
@@ -151,15 +203,78 @@ class ClassConsumer(AsyncWebsocketConsumer):
         return welcome
 
     async def disconnect(self, code: int) -> None:
+        if self.access_task is not None:
+            self.access_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.access_task
+            self.access_task = None
+        if self.budget_user is not None:
+            BUDGETS.close(user=self.budget_user, classroom=self.classroom_id)
+            self.budget_user = None
+        await self._leave_class("socket_closed")
+
+    async def _leave_class(self, reason: str) -> None:
+        """Out of the media connection, the class's groups and its presence (once)."""
         if not self.joined:
             return
-        await self._media_leave("socket_closed")
+        self.joined = False
+        await self._media_leave(reason)
         await self.channel_layer.group_discard(class_group(self.classroom_id), self.channel_name)
+        if self.actor is not None:
+            await self.channel_layer.group_discard(user_group(self.actor.user_id), self.channel_name)
         await database_sync_to_async(presence_leave)(channel_name=self.channel_name)
+
+    # --- access: re-read, and revoked -----------------------------------------------------------------
+
+    async def _access_recheck(self) -> bool:
+        """Re-read who this person is in the class; False (and the socket closing) when they may no
+        longer see it. A changed role or staff flag takes effect at once, with a fresh welcome."""
+        if self.revoked:
+            return False
+        actor = await database_sync_to_async(actor_current)(user_id=self.actor.user_id, classroom_id=self.classroom_id)
+        if actor is None or not can_view_class(actor):
+            await self._revoke()
+            return False
+        if actor != self.actor:
+            log.info("role changed", extra={"class_id": self.classroom_id, "user_id": actor.user_id})
+            self.actor = actor
+            await self._send(await database_sync_to_async(self._welcome)())
+        return True
+
+    async def _revoke(self) -> None:
+        if self.revoked:
+            return
+        self.revoked = True  # from here on nothing of the class reaches this socket
+        log.warning(
+            "access revoked on an open socket", extra={"class_id": self.classroom_id, "user_id": self.actor.user_id}
+        )
+        metrics.SIGNALING_ERRORS.labels(code="not_member").inc()
+        error = {"type": "error", "code": "not_member", "message": NO_LONGER_MEMBER, "ref": None}
+        await self.send(text_data=json.dumps(error))
+        await self._leave_class("not_member")
+        await self.close(code=CLOSE_FORBIDDEN, reason="no longer a member")
+
+    async def _access_watch(self) -> None:
+        """The backstop for changes that send no signal (QuerySet.update, raw SQL, another process
+        on the in-memory channel layer)."""
+        while not self.revoked:
+            await asyncio.sleep(settings.CLASSCAST_WS_ACCESS_RECHECK_S)
+            try:
+                await self._access_recheck()
+            except Exception:
+                log.exception("access re-check failed", extra={"class_id": self.classroom_id})
+
+    async def classroom_access(self, event: dict[str, Any]) -> None:
+        """services/membership.py: this person's membership or account changed."""
+        if self.actor is None or not self.joined or event.get("classroom_id") not in (None, self.classroom_id):
+            return
+        await self._access_recheck()
 
     # --- inbound frames ----------------------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.revoked:
+            return
         if text_data is None:
             return await self._error("malformed", "binary frames are not accepted")
         if not self.bucket.take():
@@ -172,13 +287,10 @@ class ClassConsumer(AsyncWebsocketConsumer):
         if self.service is not None and message.type not in SERVICE_ALLOWED:
             return await self._error("forbidden", "a service participant only subscribes to media", message.ref)
         try:
-            if self.actor is not None and message.type in ACTIONS:
+            if self.actor is not None and (message.type in ACTIONS or message.type == "rtc.join"):
                 # Re-read the role: someone removed from the class loses its rights at once.
-                self.actor = await database_sync_to_async(actor_get)(
-                    user=self.scope["user"], classroom_id=self.classroom_id
-                )
-                if not can_view_class(self.actor):
-                    raise NotAllowed("you are no longer a member of this class")
+                if not await self._access_recheck():
+                    return
             await self._handle(message)
         except NotAllowed as exc:
             metrics.ACTIONS_DENIED.labels(action=message.type).inc()
@@ -229,6 +341,7 @@ class ClassConsumer(AsyncWebsocketConsumer):
         if self.media is not None and self.media[1] != session.pk:
             await self._media_leave("new_session")
         self.media = (channel, session.pk)
+        self.join_reported = False
         user = self.scope.get("user")
         who = f"user-{self.actor.user_id}" if self.actor else f"service-{self.service.name}"
         await self._send({"type": "rtc.config", "ice_servers": await database_sync_to_async(ice_servers_for)(user=who)})
@@ -266,8 +379,16 @@ class ClassConsumer(AsyncWebsocketConsumer):
         )
 
     def _stats_observe(self, fields: dict[str, Any]) -> None:
-        if "join_ms" in fields and not self.browser_join_reported:
-            self.browser_join_reported = True
+        """A browser's own measurements into /metrics: only from a socket with a media connection, at
+        most one report per STATS_REPORT_EVERY_S (extra ones are dropped without an error), the join
+        time once per media connection; the message type bounds every number (messages.py)."""
+        if self.media is None:
+            return  # nothing of ours to measure: a report now is made up (or late), not counted
+        first_join = "join_ms" in fields and not self.join_reported
+        if not first_join and not self.stats_bucket.take():
+            return
+        if first_join:
+            self.join_reported = True
             metrics.JOIN_SECONDS.labels(source="browser").observe(fields["join_ms"] / 1000)
         if "rtt_ms" in fields:
             metrics.RTT_SECONDS.labels(source="browser").observe(fields["rtt_ms"] / 1000)
@@ -310,6 +431,8 @@ class ClassConsumer(AsyncWebsocketConsumer):
     # --- helpers -----------------------------------------------------------------------------------
 
     async def _send(self, payload: dict[str, Any]) -> None:
+        if self.revoked:
+            return  # a broadcast or reply already on its way when access went
         await self.send(text_data=json.dumps(payload, cls=DjangoJSONEncoder))
 
     async def _error(self, code: str, text: str, ref: str | None = None) -> None:

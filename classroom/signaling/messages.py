@@ -18,7 +18,8 @@ Client -> server types and their fields:
 
 `pc` is "publish" (our camera and microphone to the media node) or "subscribe" (the stage to us).
     rtc.leave
-    stats.report {join_ms?, tracks: [...], rtt_ms?, available_out_bps?}
+    stats.report {join_ms?, tracks: [...], rtt_ms?, available_out_bps?}   only with a media connection;
+                                                     every number bounded (see STATS_LIMITS)
     broadcast.start / broadcast.stop                 instructor: go live / stop
     broadcast.layout {layout, user_id?}              grid | speaker | single (user_id: who, for single)
     destination.add {name, url} / destination.remove {destination_id}
@@ -29,6 +30,7 @@ Client -> server types and their fields:
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -37,6 +39,26 @@ MAX_SDP_CHARS = 60_000
 MAX_CANDIDATE_CHARS = 1_000
 MAX_CHAT_CHARS = 1_000
 MAX_REPORTED_TRACKS = 32
+MAX_DESTINATION_NAME_CHARS = 80
+MAX_DESTINATION_URL_CHARS = 500
+
+# What a browser can honestly measure: anything outside is refused, so /metrics holds no made-up numbers.
+STATS_LIMITS = {
+    "join_ms": 120_000.0,  # page load to first remote frame
+    "rtt_ms": 60_000.0,
+    "jitter_ms": 60_000.0,
+    "packet_loss": 1.0,
+    "bitrate_bps": 50e6,
+    "available_out_bps": 50e6,
+    "fps": 240.0,
+}
+
+# Text that reaches the database or other people: a lone UTF-16 surrogate cannot be encoded (SQLite,
+# the socket, msgpack on the Redis layer), NUL cannot be stored by PostgreSQL, and other control
+# characters are invisible tricks. Line breaks (\n, \r) and tabs stay where text may span lines.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_CONTROL_MULTILINE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_CONTROL_ONE_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class MessageError(ValueError):
@@ -76,7 +98,19 @@ def _kind(value: Any) -> str:
     return value
 
 
-def _text(max_chars: int, *, allow_empty: bool = False) -> Callable[[Any], str]:
+def text_problem(value: str, *, multiline: bool = False) -> str | None:
+    """Why this text cannot be stored or shown to people (None: it can). Used for every free-text field."""
+    found = _SURROGATE.search(value)
+    if found:
+        return f"contains a character that is not valid text (a lone surrogate, U+{ord(found.group()):04X})"
+    found = (_CONTROL_MULTILINE if multiline else _CONTROL_ONE_LINE).search(value)
+    if found:
+        allowed = "only line breaks and tabs are allowed" if multiline else "it must be a single line"
+        return f"contains a control character (U+{ord(found.group()):04X}); {allowed}"
+    return None
+
+
+def _text(max_chars: int, *, allow_empty: bool = False, multiline: bool = False) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if not isinstance(value, str):
             raise ValueError("must be a string")
@@ -84,13 +118,16 @@ def _text(max_chars: int, *, allow_empty: bool = False) -> Callable[[Any], str]:
             raise ValueError(f"must be at most {max_chars} characters")
         if not allow_empty and not value.strip():
             raise ValueError("must not be empty")
+        problem = text_problem(value, multiline=multiline)
+        if problem:
+            raise ValueError(problem)
         return value
 
     return check
 
 
 def _sdp(value: Any) -> str:
-    text = _text(MAX_SDP_CHARS)(value)
+    text = _text(MAX_SDP_CHARS, multiline=True)(value)
     lines = [line for line in text.replace("\r\n", "\n").split("\n") if line]
     if not lines or lines[0] != "v=0" or not any(line.startswith("m=") for line in lines):
         raise ValueError("is not a session description (needs v=0 and at least one m= line)")
@@ -134,21 +171,26 @@ def _layout(value: Any) -> str:
 
 def _number(lo: float, hi: float) -> Callable[[Any], float]:
     def check(value: Any) -> float:
+        # NaN fails both comparisons, infinities the bound: neither gets through.
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (lo <= value <= hi):
-            raise ValueError(f"must be a number from {lo} to {hi}")
+            raise ValueError(f"must be a number from {lo:g} to {hi:g}")
         return float(value)
 
     return check
+
+
+def _stat(name: str) -> Callable[[Any], float]:
+    return _number(0, STATS_LIMITS[name])
 
 
 _TRACK_REPORT = {
     "kind": _kind,
     "direction": lambda v: v if v in ("inbound", "outbound") else _raise("must be inbound or outbound"),
     "user_id": _int_id,
-    "bitrate_bps": _number(0, 1e9),
-    "packet_loss": _number(0, 1),
-    "jitter_ms": _number(0, 1e5),
-    "fps": _number(0, 1000),
+    "bitrate_bps": _stat("bitrate_bps"),
+    "packet_loss": _stat("packet_loss"),
+    "jitter_ms": _stat("jitter_ms"),
+    "fps": _stat("fps"),
 }
 
 
@@ -168,7 +210,13 @@ def _track_reports(value: Any) -> list[dict[str, Any]]:
             raise ValueError(f"unknown track report field {sorted(unknown)[0]!r}")
         if "kind" not in item or "direction" not in item:
             raise ValueError("each track report needs kind and direction")
-        cleaned.append({key: _TRACK_REPORT[key](val) for key, val in item.items()})
+        report = {}
+        for key, val in item.items():
+            try:
+                report[key] = _TRACK_REPORT[key](val)
+            except ValueError as exc:
+                raise ValueError(f"[{len(cleaned)}].{key} {exc}") from None
+        cleaned.append(report)
     return cleaned
 
 
@@ -184,7 +232,7 @@ SCHEMAS: dict[str, dict[str, tuple[Callable[[Any], Any], bool]]] = {
     "stage.decline": {},
     "stage.leave": {},
     "stage.mute": {"kind": (_kind, True), "muted": (_bool, True), "user_id": (_int_id, False)},
-    "chat.send": {"text": (_text(MAX_CHAT_CHARS), True)},
+    "chat.send": {"text": (_text(MAX_CHAT_CHARS, multiline=True), True)},
     "rtc.join": {},
     "rtc.answer": {"pc": (_pc_name, True), "sdp": (_sdp, True)},
     "rtc.candidate": {
@@ -195,15 +243,18 @@ SCHEMAS: dict[str, dict[str, tuple[Callable[[Any], Any], bool]]] = {
     },
     "rtc.leave": {},
     "stats.report": {
-        "join_ms": (_number(0, 600_000), False),
-        "rtt_ms": (_number(0, 60_000), False),
-        "available_out_bps": (_number(0, 1e10), False),
+        "join_ms": (_stat("join_ms"), False),
+        "rtt_ms": (_stat("rtt_ms"), False),
+        "available_out_bps": (_stat("available_out_bps"), False),
         "tracks": (_track_reports, False),
     },
     "broadcast.start": {},
     "broadcast.stop": {},
     "broadcast.layout": {"layout": (_layout, True), "user_id": (_int_id, False)},
-    "destination.add": {"name": (_text(80, allow_empty=True), True), "url": (_text(500), True)},
+    "destination.add": {
+        "name": (_text(MAX_DESTINATION_NAME_CHARS, allow_empty=True), True),
+        "url": (_text(MAX_DESTINATION_URL_CHARS), True),
+    },
     "destination.remove": {"destination_id": (_int_id, True)},
     "stream_key.rotate": {},
     "recording.start": {},
@@ -226,8 +277,11 @@ def message_parse(raw: str | bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Me
     if not isinstance(data, dict):
         raise MessageError("malformed", "a message must be a JSON object")
     ref = data.get("id")
-    if ref is not None and (not isinstance(ref, (str, int)) or isinstance(ref, bool) or len(str(ref)) > 64):
-        raise MessageError("invalid_field", "id must be a string or number of at most 64 characters")
+    if ref is not None and (
+        not isinstance(ref, (str, int)) or isinstance(ref, bool) or len(str(ref)) > 64
+        or (isinstance(ref, str) and text_problem(ref))
+    ):
+        raise MessageError("invalid_field", "id must be a string (one line of text) or number of at most 64 characters")
     ref = None if ref is None else str(ref)
     kind = data.get("type")
     if not isinstance(kind, str):

@@ -21,6 +21,7 @@ const app = {
   rtcStates: {},
   joining: false,
   firstFrameMs: null,
+  joinAskedAt: null,
   localError: null,
   lastError: null,
   events: [],
@@ -48,7 +49,13 @@ const socket = new ClassSocket(wsUrl, {
       leaveCall(false);
     } else if (status === "reconnecting") banner("Reconnecting…", "warn", true);
     else if (status === "reconnected") banner("Reconnected.", "ok");
-    else if (status === "refused") banner("You cannot join this class (not logged in or not a member).", "error", true);
+    else if (status === "refused") {
+      leaveCall(false);
+      // The server said why just before closing: removed while the page was open ("You are no longer a
+      // member of this class."), or this class open in too many tabs.
+      const said = app.lastError && ["not_member", "too_many_sockets"].includes(app.lastError.code);
+      banner(said ? app.lastError.message : "You cannot join this class (not logged in or not a member).", "error", true);
+    }
   },
 });
 const send = (type, fields) => socket.send(type, fields);
@@ -222,9 +229,10 @@ function attachMedia(tile, userId, isMe) {
   if (!video.dataset.watch) {
     video.dataset.watch = "1";
     const first = () => {
-      if (app.firstFrameMs === null) {
+      if (app.firstFrameMs === null && app.joinAskedAt !== null) {
+        // Join time from asking for the call, not from page load: a student may wait minutes for an invitation.
         app.firstFrameMs = performance.now();
-        send("stats.report", { join_ms: Math.round(app.firstFrameMs) });
+        send("stats.report", { join_ms: Math.round(app.firstFrameMs - app.joinAskedAt) });
       }
     };
     if (video.requestVideoFrameCallback) video.requestVideoFrameCallback(first);
@@ -326,6 +334,7 @@ async function joinCall() {
   app.inCall = true;
   app.joining = false;
   const local = app.call.startLocal();
+  app.joinAskedAt = performance.now();
   send("rtc.join");
   renderStage();
   const result = await local;

@@ -26,7 +26,8 @@ export class ClassSocket {
     };
     ws.onclose = (ev) => {
       if (this.closedByUs) return;
-      if (ev.code === 4401 || ev.code === 4403 || ev.code === 4404) {
+      // 4429: this person has too many tabs on the class; retrying would only be refused again.
+      if (ev.code === 4401 || ev.code === 4403 || ev.code === 4404 || ev.code === 4429) {
         this.onStatus("refused", { code: ev.code });
         return;
       }

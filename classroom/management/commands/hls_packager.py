@@ -24,7 +24,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         if options["metrics_port"]:
-            start_http_server(options["metrics_port"], addr="127.0.0.1")
+            start_http_server(options["metrics_port"], addr=settings.CLASSCAST_METRICS_BIND)
         config = PackagerConfig(
             host=options["host"],
             port=options["port"],
@@ -32,6 +32,11 @@ class Command(BaseCommand):
             segment_duration_s=settings.CLASSCAST_HLS_SEGMENT_S,
             live_window=settings.CLASSCAST_HLS_WINDOW,
             part_target_s=settings.CLASSCAST_HLS_PART_S,
+            max_publishers=settings.CLASSCAST_RTMP_MAX_PUBLISHERS,
+            max_pending=settings.CLASSCAST_RTMP_MAX_PENDING,
+            max_pending_per_ip=settings.CLASSCAST_RTMP_MAX_PENDING_PER_IP,
+            max_connections_per_ip=settings.CLASSCAST_RTMP_MAX_CONNECTIONS_PER_IP,
+            handshake_timeout_s=settings.CLASSCAST_RTMP_AUTH_TIMEOUT_S,
         )
         asyncio.run(self._run(config))
 

@@ -17,7 +17,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         if options["metrics_port"]:
-            start_http_server(options["metrics_port"], addr="127.0.0.1")
+            start_http_server(options["metrics_port"], addr=settings.CLASSCAST_METRICS_BIND)
         asyncio.run(self._run(options["node_id"]))
 
     async def _run(self, node_id: str) -> None:
