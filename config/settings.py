@@ -351,8 +351,10 @@ CLASSCAST_WS_ACCESS_RECHECK_S = float(env_str("CLASSCAST_WS_ACCESS_RECHECK_S", "
 CLASSCAST_RTMP_MAX_PUBLISHERS = env_int("CLASSCAST_RTMP_MAX_PUBLISHERS", 64)
 CLASSCAST_RTMP_MAX_PENDING = env_int("CLASSCAST_RTMP_MAX_PENDING", 32)
 CLASSCAST_RTMP_MAX_PENDING_PER_IP = env_int("CLASSCAST_RTMP_MAX_PENDING_PER_IP", 4)
-# Pending + publishing from one address (IPv6: one /64); 0 = no limit. Compositor workers publish from theirs.
-CLASSCAST_RTMP_MAX_CONNECTIONS_PER_IP = env_int("CLASSCAST_RTMP_MAX_CONNECTIONS_PER_IP", 16)
+# Pending + publishing from one address (IPv6: one /64); 0 = no limit, the default: every compositor
+# worker of a host publishes from that host's address (127.0.0.1 on one machine), one per live class,
+# and a publisher already holds a valid stream key. The pending limits above are what stop floods.
+CLASSCAST_RTMP_MAX_CONNECTIONS_PER_IP = env_int("CLASSCAST_RTMP_MAX_CONNECTIONS_PER_IP", 0)
 # Seconds from accept to an accepted publish (handshake, connect, publish), else the socket is closed.
 CLASSCAST_RTMP_AUTH_TIMEOUT_S = float(env_str("CLASSCAST_RTMP_AUTH_TIMEOUT_S", "10"))
 # Broadcast destinations may not point inside our network (loopback, private, link-local...: SSRF from

@@ -25,7 +25,7 @@ class PackagerConfig:
     # is through in a few round trips); so does an address at its own pending limit.
     max_pending: int = 32
     max_pending_per_ip: int = 4  # IPv6: per /64
-    max_connections_per_ip: int = 16  # pending + publishing from one address; 0 = no limit
+    max_connections_per_ip: int = 0  # pending + publishing from one address; 0 = no limit
     # Before publish a client only sends a handshake (3073 bytes) and a few small commands: it may make
     # the server hold no more than this (message length, half-received bytes, all bytes read, answers
     # it does not read). After an accepted publish the limits above apply.
