@@ -701,7 +701,7 @@ async def _class_run(spec: dict[str, Any]) -> None:
     import websockets
     from aiortc import MediaStreamTrack, RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-    from compositor.encoded_tap import ice_receive_buffer, receiver_tap, sender_feedback_tap
+    from rtc.encoded_tap import ice_receive_buffer, receiver_tap, sender_feedback_tap
 
     # gather on loopback only (the media node's CLASSCAST_ICE_HOST_ADDRESSES seam, done here without Django)
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]

@@ -74,7 +74,7 @@ from aiortc.mediastreams import MediaStreamError
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # first: this file's own name would shadow the `recorder` package
 
-from compositor.stage_client import StageClientConfig, StageSubscriber  # noqa: E402
+from rtc.stage_client import StageClientConfig, StageSubscriber  # noqa: E402
 from recorder.ffmpeg_bin import ffmpeg_default  # noqa: E402
 from recorder.files import file_checksum  # noqa: E402
 from recorder.finalize import track_finalize  # noqa: E402

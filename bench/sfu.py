@@ -7,7 +7,7 @@ Processes (loopback only: `RTCConfiguration(iceServers=[])`, host candidates pin
 `classroom.media_node.node.ice_host_addresses_pin`):
 
 * the media node (the measured process): one room with one publisher and N subscribers.
-  - ours: `classroom.media_node.sfu.Room`, as in production (VP8 negotiated, the publish receivers'
+  - ours: `sfu.room.Room`, as in production (VP8 negotiated, the publish receivers'
     encoded frames tapped before the decoder and handed to every subscriber's sender as packets).
   - peer: `RelayRoom` below, what the node did before forwarding: the publish receiver decodes, aiortc's
     `MediaRelay` hands the decoded frames to one `relay.subscribe(track, buffered=False)` proxy per
@@ -222,7 +222,7 @@ async def node_main(args: argparse.Namespace) -> None:
     django_setup()
     logging.getLogger("classcast").setLevel(logging.WARNING)  # no per-peer info lines from the room
     from classroom.media_node.node import ice_host_addresses_pin
-    from classroom.media_node.sfu import PeerSpec, Room, codec_preferences
+    from sfu.room import PeerSpec, Room, codec_preferences
 
     ice_host_addresses_pin(["127.0.0.1"])
 
@@ -319,7 +319,7 @@ class Client:
             self.kept.append(data)
 
     async def answer(self, message: dict[str, Any]) -> None:
-        from compositor.encoded_tap import receiver_tap
+        from rtc.encoded_tap import receiver_tap
 
         name = message["pc"]
         pc = self.pcs.get(name)

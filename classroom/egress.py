@@ -15,7 +15,7 @@ from django.conf import settings
 from compositor.config import Destination, ProgramConfig
 from compositor.egress import StageCompositor
 from compositor.program import Program
-from compositor.stage_client import StageClientConfig
+from rtc.stage_client import StageClientConfig
 
 from .models import Broadcast
 from .services.broadcast import (

@@ -13,7 +13,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from .config import Participant
 from .program import Program
-from .stage_client import StageClientConfig, StageSubscriber, StageTrack
+from rtc.stage_client import StageClientConfig, StageSubscriber, StageTrack
 
 log = logging.getLogger("classcast.egress")
 ON_STAGE = "on_stage"

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from compositor.stage_client import StageClientConfig, StageSubscriber
+from rtc.stage_client import StageClientConfig, StageSubscriber
 
 from .writer import TrackWriter
 

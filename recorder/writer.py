@@ -25,7 +25,7 @@ from typing import Any
 
 import av
 
-from compositor.keyframes import is_keyframe
+from rtc.keyframes import is_keyframe
 
 from . import RecorderError
 

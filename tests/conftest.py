@@ -367,7 +367,7 @@ def stage_start(browser: Any, server: LiveServer, demo: dict[str, Any], *student
 def room_and_clients() -> tuple[Any, dict[str, Any]]:
     """The media node's Room in this process, delivering to the test's aiortc clients by peer id."""
     from classroom.media_node.node import ice_host_addresses_pin, rtc_configuration
-    from classroom.media_node.sfu import Room
+    from sfu.room import Room
 
     ice_host_addresses_pin(["127.0.0.1"])
     clients: dict[str, Any] = {}

@@ -20,7 +20,7 @@ from compositor.egress import StageCompositor, stage_participants
 from compositor.layout import layout_compute
 from compositor.nametag import card_color, rgb_to_yuv
 from compositor.program import Program
-from compositor.stage_client import StageConnectionError, StageSubscriber, StageTrack
+from rtc.stage_client import StageConnectionError, StageSubscriber, StageTrack
 
 pytestmark = pytest.mark.once  # pure media: the deployment mode does not matter
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiortc.mediastreams import MediaStreamError
 
-from compositor.stage_client import StageClientConfig, StageConnectionError, StageSubscriber
+from rtc.stage_client import StageClientConfig, StageConnectionError, StageSubscriber
 
 from .conftest import login_page
 

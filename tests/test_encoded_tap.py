@@ -1,4 +1,4 @@
-"""Pins `compositor.encoded_tap` (the seam into aiortc's private receiver internals) against the installed
+"""Pins `rtc.encoded_tap` (the seam into aiortc's private receiver internals) against the installed
 aiortc, with real RTCPeerConnections on loopback: a publisher encodes a moving picture (VP8) and a sine
 (Opus), a subscriber taps its receivers. Nothing here reaches beyond 127.0.0.1 (no STUN, host candidates
 pinned to loopback)."""
@@ -25,7 +25,7 @@ from aiortc import (
 )
 
 from compositor import CompositorError
-from compositor.encoded_tap import (
+from rtc.encoded_tap import (
     TapError,
     ice_receive_buffer,
     receiver_estimator_off,

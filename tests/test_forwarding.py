@@ -14,10 +14,10 @@ import pytest
 from aiortc import MediaStreamTrack
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
 
-from classroom.media_node.forwarding import REMB_FLOOR_BPS, ForwardTrack, Frame, PublishedTrack, is_keyframe
+from sfu.forwarding import REMB_FLOOR_BPS, ForwardTrack, Frame, PublishedTrack, is_keyframe
 from classroom.media_node.node import ice_host_addresses_pin, rtc_configuration
-from classroom.media_node.sfu import Room
-from compositor.encoded_tap import receiver_tap
+from sfu.room import Room
+from rtc.encoded_tap import receiver_tap
 
 from .test_sfu import join, wait_for
 
@@ -133,7 +133,7 @@ async def test_keyframe_requests_reach_the_publisher_coalesced(room_and_clients)
         await asyncio.sleep(1.0)  # past the node's own keyframe request for this new subscriber
         asked.clear()
         receiver = next(t.receiver for t in sub.pcs["subscribe"].getTransceivers() if t.kind == "video")
-        from compositor.encoded_tap import receiver_request_keyframe
+        from rtc.encoded_tap import receiver_request_keyframe
 
         for _ in range(5):  # a burst of PLIs from the subscriber...
             assert await receiver_request_keyframe(receiver)

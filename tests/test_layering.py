@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-MEDIA_PACKAGES = ("compositor", "hls_packager", "recorder")
+MEDIA_PACKAGES = ("rtc", "sfu", "compositor", "hls_packager", "recorder")
 FORBIDDEN = frozenset({"django", "channels", "celery", "classroom", "config"})
 
 
@@ -76,6 +76,31 @@ def test_media_package_imports_no_django_or_app_code(package):
         source = path.read_text(encoding="utf-8")
         for line, name in forbidden_imports(source, module=module_name(path), is_package=path.name == "__init__.py"):
             violations.append(f"{path.relative_to(ROOT)}:{line} imports {name}")
+    assert violations == []
+
+
+# Within the media plane data flows down too: rtc/ is what the others share, the SFU forwards, egress
+# (compositor, recorder) joins through rtc/ like a client and never reaches into the SFU.
+MEDIA_MAY_IMPORT = {
+    "rtc": set(),
+    "sfu": {"rtc"},
+    "compositor": {"rtc"},
+    "recorder": {"rtc"},
+    "hls_packager": set(),
+}
+
+
+@pytest.mark.parametrize("package", MEDIA_PACKAGES)
+def test_media_packages_import_each_other_only_downwards(package):
+    others = set(MEDIA_PACKAGES) - {package}
+    violations = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path in media_sources(package)
+        for line, name in imported_modules(
+            path.read_text(encoding="utf-8"), module=module_name(path), is_package=path.name == "__init__.py"
+        )
+        if name.split(".")[0] in others - MEDIA_MAY_IMPORT[package]
+    ]
     assert violations == []
 
 

@@ -8,7 +8,7 @@ import pytest
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
-from classroom.media_node.sfu import NegotiationError, PeerSpec, Room, UnknownPeerError
+from sfu.room import NegotiationError, PeerSpec, Room, UnknownPeerError
 
 pytestmark = [pytest.mark.slow, pytest.mark.once]  # pure media: the deployment mode does not matter
 

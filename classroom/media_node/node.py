@@ -16,11 +16,42 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from sfu import SfuError
+from sfu.observer import RoomObserver
+from sfu.room import PeerSpec, Room
+
 from .. import metrics
 from ..services.media import media_node_channel, media_node_heartbeat, media_node_remove
-from .sfu import MediaNodeError, PeerSpec, Room
 
 log = logging.getLogger("classcast.media_node")
+
+
+class MetricsObserver(RoomObserver):
+    """The SFU's measurements as this process's Prometheus metrics (`source="server"`)."""
+
+    def call_setup(self, *, result: str) -> None:
+        metrics.CALL_SETUPS.labels(result=result).inc()
+
+    def joined(self, *, seconds: float) -> None:
+        metrics.JOIN_SECONDS.labels(source="server").observe(seconds)
+
+    def rtt(self, *, seconds: float) -> None:
+        metrics.RTT_SECONDS.labels(source="server").observe(seconds)
+
+    def jitter(self, *, kind: str, seconds: float) -> None:
+        metrics.JITTER_SECONDS.labels(source="server", kind=kind).observe(seconds)
+
+    def loss(self, *, kind: str, ratio: float) -> None:
+        metrics.PACKET_LOSS.labels(source="server", kind=kind).observe(ratio)
+
+    def bitrate(self, *, direction: str, bps: float) -> None:
+        metrics.BITRATE_BPS.labels(source="server", direction=direction, kind="all").observe(bps)
+
+    def inbound_fps(self, *, fps: float) -> None:
+        metrics.INBOUND_FPS.observe(fps)
+
+
+METRICS_OBSERVER = MetricsObserver()
 
 
 def rtc_configuration() -> RTCConfiguration:
@@ -121,7 +152,7 @@ class MediaNode:
                     await room.close(reason=message.get("reason", "session_ended"))
                 else:
                     log.warning("unknown media node message %r", kind)
-            except MediaNodeError as exc:
+            except SfuError as exc:
                 if message.get("peer_id"):
                     await self._error(message["peer_id"], exc.code, str(exc))
             finally:
@@ -137,6 +168,7 @@ class MediaNode:
             room = self.rooms[session_id] = Room(
                 session_id=session_id, rtc_config=self.rtc_config, send=self.layer.send,
                 video_codec=settings.CLASSCAST_VIDEO_CODEC, udp_receive_buffer=settings.CLASSCAST_UDP_RECEIVE_BUFFER,
+                observer=METRICS_OBSERVER,
             )
         return room
 

@@ -1,7 +1,7 @@
 """Forwarding without transcoding: each publisher's encoded frames go, untouched, to every subscriber.
 
 aiortc receives a publisher's RTP and reassembles whole encoded frames; the encoded-frame tap
-(`compositor/encoded_tap.py`) takes them before the decoder, so the node decodes nothing. A
+(`rtc/encoded_tap.py`) takes them before the decoder, so the node decodes nothing. A
 `PublishedTrack` fans each frame out to the `ForwardTrack` of every subscribe transceiver carrying it;
 that track hands aiortc's sender an `av.Packet`, which the sender only packetizes (VP8 descriptor,
 H.264 FU-A, Opus as is): no decoding, no encoding, one copy of the payload per subscriber.
@@ -30,7 +30,7 @@ import av
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
-from compositor.keyframes import is_keyframe
+from rtc.keyframes import is_keyframe
 
 log = logging.getLogger("classcast.sfu")
 

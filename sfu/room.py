@@ -33,7 +33,7 @@ from aiortc import (
 )
 from aiortc.sdp import candidate_from_sdp
 
-from compositor.encoded_tap import (
+from rtc.encoded_tap import (
     ice_receive_buffer,
     receiver_remb_cap,
     receiver_request_keyframe,
@@ -41,8 +41,9 @@ from compositor.encoded_tap import (
     sender_feedback_tap,
 )
 
-from .. import metrics
+from . import SfuError
 from .forwarding import ForwardTrack, PublishedTrack
+from .observer import RoomObserver
 
 log = logging.getLogger("classcast.sfu")
 
@@ -51,17 +52,11 @@ KINDS = ("audio", "video")
 SETUP_TIMEOUT_S = 30.0
 
 
-class MediaNodeError(Exception):
-    """Base for media node refusals; `code` reaches the browser as the error event's code."""
-
-    code = "media_error"
-
-
-class NegotiationError(MediaNodeError):
+class NegotiationError(SfuError):
     code = "invalid_sdp"
 
 
-class UnknownPeerError(MediaNodeError):
+class UnknownPeerError(SfuError):
     code = "not_joined"
 
 
@@ -115,9 +110,10 @@ class Room:
 
     def __init__(
         self, *, session_id: int, rtc_config: RTCConfiguration, send: Send, video_codec: str = "vp8",
-        udp_receive_buffer: int = 0,
+        udp_receive_buffer: int = 0, observer: RoomObserver | None = None,
     ) -> None:
         self.session_id = session_id
+        self.observer = observer or RoomObserver()
         self.rtc_config = rtc_config
         self.udp_receive_buffer = udp_receive_buffer  # bytes per publisher socket; 0 keeps the kernel's
         self.send = send
@@ -224,7 +220,7 @@ class Room:
         for task in peer.tasks:
             task.cancel()
         if not peer.connected:
-            metrics.CALL_SETUPS.labels(result="abandoned").inc()
+            self.observer.call_setup(result="abandoned")
         for _, pc in peer.pcs():
             await pc.close()
         log.info("peer left", extra={**self._log_extra(peer), "reason": reason})
@@ -321,11 +317,11 @@ class Room:
         # A join is set up once its first connection (publish, or subscribe for watchers) connects.
         if state == "connected" and not peer.connected:
             peer.connected = True
-            metrics.CALL_SETUPS.labels(result="success").inc()
-            metrics.JOIN_SECONDS.labels(source="server").observe(time.monotonic() - peer.requested_at)
+            self.observer.call_setup(result="success")
+            self.observer.joined(seconds=time.monotonic() - peer.requested_at)
         elif state == "failed":
             if not peer.connected:
-                metrics.CALL_SETUPS.labels(result="failure").inc()
+                self.observer.call_setup(result="failure")
                 peer.connected = True  # counted once
             self._schedule(self._leave_locked(peer.spec.peer_id, "connection_failed"))
         elif state == "closed" and self.peers.get(peer.spec.peer_id) is peer:
@@ -338,7 +334,7 @@ class Room:
     async def _setup_deadline(self, peer: Peer) -> None:
         await asyncio.sleep(SETUP_TIMEOUT_S)
         if not peer.connected:
-            metrics.CALL_SETUPS.labels(result="timeout").inc()
+            self.observer.call_setup(result="timeout")
             peer.connected = True
             await self._leave_locked(peer.spec.peer_id, "setup_timeout")
 
@@ -359,16 +355,16 @@ class Room:
                     bytes_in += stat.bytesReceived
                     bytes_out += stat.bytesSent
                 elif stat.type == "remote-inbound-rtp" and stat.roundTripTime is not None:
-                    metrics.RTT_SECONDS.labels(source="server").observe(stat.roundTripTime)
+                    self.observer.rtt(seconds=stat.roundTripTime)
                 elif stat.type == "inbound-rtp":
                     clock = 48_000 if stat.kind == "audio" else 90_000
-                    metrics.JITTER_SECONDS.labels(source="server", kind=stat.kind).observe(stat.jitter / clock)
+                    self.observer.jitter(kind=stat.kind, seconds=stat.jitter / clock)
                     prev = peer.lost_prev.get(stat.ssrc)
                     if prev is not None:
                         received = stat.packetsReceived - prev[0]
                         lost = max(0, stat.packetsLost - prev[1])
                         if received + lost > 0:
-                            metrics.PACKET_LOSS.labels(source="server", kind=stat.kind).observe(lost / (received + lost))
+                            self.observer.loss(kind=stat.kind, ratio=lost / (received + lost))
                     peer.lost_prev[stat.ssrc] = (stat.packetsReceived, stat.packetsLost)
             now = time.monotonic()
             if peer.bytes_prev is not None:
@@ -377,14 +373,14 @@ class Room:
                 rate_out = (bytes_out - peer.bytes_prev[2]) * 8 / elapsed
                 total_in += rate_in
                 total_out += rate_out
-                metrics.BITRATE_BPS.labels(source="server", direction="inbound", kind="all").observe(rate_in)
-                metrics.BITRATE_BPS.labels(source="server", direction="outbound", kind="all").observe(rate_out)
+                self.observer.bitrate(direction="inbound", bps=rate_in)
+                self.observer.bitrate(direction="outbound", bps=rate_out)
             peer.bytes_prev = (now, bytes_in, bytes_out)
             video = peer.published.get("video")
             if video is not None:
                 prev = peer.frames_prev.get("video")
                 if prev is not None and now > prev[0]:
-                    metrics.INBOUND_FPS.observe((video.frames - prev[1]) / (now - prev[0]))
+                    self.observer.inbound_fps(fps=(video.frames - prev[1]) / (now - prev[0]))
                 peer.frames_prev["video"] = (now, video.frames)
         return total_in, total_out
 

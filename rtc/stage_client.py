@@ -17,13 +17,13 @@ from typing import Any, Callable
 import websockets
 from aiortc import MediaStreamTrack, RTCBundlePolicy, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
-from . import CompositorError
+from . import RtcError
 from .encoded_tap import ice_receive_buffer, receiver_estimator_off, receiver_request_keyframe, receiver_tap
 
 log = logging.getLogger("classcast.egress")
 
 
-class StageConnectionError(CompositorError):
+class StageConnectionError(RtcError):
     """The class socket refused us or went away."""
 
 

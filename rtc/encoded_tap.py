@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket, pack_remb_fci, unpack_remb_fci
 
-from . import CompositorError
+from . import RtcError
 from .keyframes import is_keyframe
 
 log = logging.getLogger("classcast.egress")
@@ -45,7 +45,7 @@ _TAPPED = "_classcast_tap"
 FrameCallback = Callable[[str, bytes, int, int], None]
 
 
-class TapError(CompositorError):
+class TapError(RtcError):
     """aiortc's receiver no longer looks the way this seam expects."""
 
 

@@ -1,0 +1,27 @@
+"""What a `Room` measures leaves through an observer, so the SFU imports no metrics library and no
+Django: the media node (classroom/media_node/node.py) turns these calls into Prometheus metrics, a
+bench or test can record them. Every method is a no-op here; override what you need."""
+from __future__ import annotations
+
+
+class RoomObserver:
+    def call_setup(self, *, result: str) -> None:
+        """A join ended its setup: success, failure, timeout or abandoned (left before connecting)."""
+
+    def joined(self, *, seconds: float) -> None:
+        """A join request became a connected peer connection after `seconds`."""
+
+    def rtt(self, *, seconds: float) -> None:
+        """Round-trip time to one peer, from its RTCP receiver reports."""
+
+    def jitter(self, *, kind: str, seconds: float) -> None:
+        """Interarrival jitter of one received stream of `kind` (audio, video)."""
+
+    def loss(self, *, kind: str, ratio: float) -> None:
+        """Share of one received stream's packets lost since the last collection."""
+
+    def bitrate(self, *, direction: str, bps: float) -> None:
+        """One peer's bits per second, inbound (to the node) or outbound (from it)."""
+
+    def inbound_fps(self, *, fps: float) -> None:
+        """Frames per second of one publisher's video as it reaches the node."""
