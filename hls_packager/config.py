@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .ladder import LadderError, Rendition
+
 
 @dataclass(frozen=True)
 class PackagerConfig:
@@ -32,6 +34,8 @@ class PackagerConfig:
     pre_auth_max_message_bytes: int = 4 * 1024
     pre_auth_max_bytes: int = 16 * 1024
     pipe_high_water_bytes: int = 4 * 1024 * 1024  # FLV bytes queued for the segmenter before reading pauses
+    # The quality ladder `<key>~<name>` publishers feed (top first); empty: only plain `<key>` publishes.
+    ladder: tuple[Rendition, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "output_dir", Path(self.output_dir))
@@ -43,5 +47,7 @@ class PackagerConfig:
             raise ValueError("max_pending >= 1, max_pending_per_ip >= 1 and max_connections_per_ip >= 0 are required")
         if not 0 < self.pre_auth_max_message_bytes <= self.pre_auth_max_bytes:
             raise ValueError("0 < pre_auth_max_message_bytes <= pre_auth_max_bytes is required")
+        if len({r.name for r in self.ladder}) != len(self.ladder):
+            raise LadderError("rendition names in a ladder must differ")
         if self.pre_auth_max_bytes < 4096 or self.handshake_timeout_s <= 0:
             raise ValueError("pre_auth_max_bytes must hold the handshake (>= 4096) and handshake_timeout_s > 0")

@@ -24,7 +24,8 @@ from .rtmp_chunks import (
     USER_CONTROL, VIDEO, WINDOW_ACK_SIZE, ChunkParser, ChunkWriter, Message, control,
 )
 from .segmenter import Segmenter
-from .storage import load_history, safe_folder
+from .ladder import rendition_key_split
+from .storage import load_history, master_write, safe_folder
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ SERVER_WINDOW = 2_500_000
 PUBLISH_STREAM_ID = 1
 # Refusal reasons (on_refused, stats()["refused_by_reason"]).
 UNKNOWN_KEY, BAD_FOLDER, RESOLVER_ERROR, TOO_MANY_PUBLISHERS = "unknown_key", "bad_folder", "resolver_error", "too_many_publishers"
+UNKNOWN_RENDITION = "unknown_rendition"
 # Why a connection without an accepted publish was closed (on_connection_refused, stats()["connections_refused_by_reason"]).
 TOO_MANY_FROM_IP = "too_many_from_ip"  # the address already has max_connections_per_ip publishing
 PENDING_REPLACED = "pending_replaced"  # the oldest pending connection, closed to make room for a new one
@@ -412,13 +414,19 @@ class _Connection:
         server = self.server
         if self.publish is not None:
             raise ProtocolError("publish twice on one connection")
+        base_key, rendition = rendition_key_split(key)
+        ladder = {r.name: r for r in self.config.ladder}
+        if rendition is not None and rendition not in ladder:
+            return self._refuse(key, UNKNOWN_RENDITION)
         try:
-            folder = await _maybe_await(server.resolve_key(self.app, key))
+            folder = await _maybe_await(server.resolve_key(self.app, base_key))
         except Exception:  # noqa: BLE001 - the resolver's failure refuses this key, nothing more
             log.exception("resolve_key failed")
             return self._refuse(key, RESOLVER_ERROR)
         if folder is None:
             return self._refuse(key, UNKNOWN_KEY)
+        if rendition is not None and isinstance(folder, str):
+            folder = f"{folder}/{rendition}"  # each rung in a folder of its own under the master playlist
         try:
             path = safe_folder(self.config.output_dir, folder)
         except UnsafeFolderError as exc:
@@ -447,6 +455,8 @@ class _Connection:
                 part_target_s=self.config.part_target_s,
             )
             await asyncio.to_thread(segmenter.start)
+            if rendition is not None:
+                await asyncio.to_thread(master_write, path.parent, self.config.ladder)
             self.publish = _Publish(folder=folder, app=self.app, segmenter=segmenter)
             server._publishing[folder] = self
         # Authorised: out of the pending pool, and the publisher's limits from here on.

@@ -6,10 +6,12 @@ import re
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
+from typing import Sequence
 
 import m3u8
 
 from .errors import UnsafeFolderError
+from .ladder import Rendition, master_playlist
 from .playlist import LiveEdge, SegmentInfo, archive_playlist, live_playlist, vod_playlist
 from .segments import PART_FILE, SEGMENT_FILE, FolderHistory
 
@@ -69,6 +71,19 @@ def write_playlists(
     write_atomic(folder / LIVE_PLAYLIST, live)
     if ended:
         write_atomic(folder / VOD_PLAYLIST, vod_playlist(history.segments, configured_s=target_s))
+
+
+def master_write(folder: Path, ladder: Sequence[Rendition]) -> None:
+    """The session's master playlist (`live.m3u8`, the URL players already have) naming every rung,
+    written once a rung publishes; left alone when it already says the same."""
+    text = master_playlist(ladder, playlist=LIVE_PLAYLIST)
+    path = folder / LIVE_PLAYLIST
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
+    write_atomic(path, text)
 
 
 def parts_remove(folder: Path, *, keep_from_index: int | None = None) -> None:
