@@ -16,6 +16,32 @@ class ConfigError(CompositorError):
 
 
 @dataclass(frozen=True)
+class RenditionConfig:
+    """A lower rung of the HLS quality ladder: the composed program scaled to `width`x`height` and
+    encoded once more (same frame rate, same keyframe ticks, the same AAC). `width == 0`: audio only."""
+
+    name: str
+    width: int = 0
+    height: int = 0
+    video_bitrate: int = 0
+    h264_level: str = ""  # "" lets x264 choose; the ladder's CODECS attribute names the level it sets
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ConfigError("a rendition needs a name")
+        if self.audio_only:
+            return
+        if self.width <= 0 or self.height <= 0 or self.width % 2 or self.height % 2:
+            raise ConfigError(f"rendition {self.name!r}: size must be positive and even, got {self.width}x{self.height}")
+        if self.video_bitrate <= 0:
+            raise ConfigError(f"rendition {self.name!r}: video bitrate must be positive")
+
+    @property
+    def audio_only(self) -> bool:
+        return self.width == 0 and self.height == 0
+
+
+@dataclass(frozen=True)
 class ProgramConfig:
     width: int = 1280
     height: int = 720
@@ -30,6 +56,9 @@ class ProgramConfig:
     speaker_switch_s: float = 1.5
     sink_queue_packets: int = 512  # ~6 s of 30 fps video + AAC per destination
     x264_threads: int = 0  # 0 = libx264 decides
+    h264_level: str = ""  # the program's H.264 level ("" = x264 decides)
+    # Lower rungs of the HLS ladder, each a destination's `rendition`; the program itself is rung "".
+    renditions: tuple[RenditionConfig, ...] = ()
 
     def __post_init__(self) -> None:
         if self.width <= 0 or self.height <= 0 or self.width % 2 or self.height % 2:
@@ -42,6 +71,18 @@ class ProgramConfig:
             raise ConfigError(f"unknown layout {self.layout!r} (one of {', '.join(LAYOUTS)})")
         if self.video_bitrate <= 0 or self.audio_bitrate <= 0:
             raise ConfigError("bitrates must be positive")
+        names = [r.name for r in self.renditions]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"rendition names must differ, got {names}")
+
+    def rendition(self, name: str) -> RenditionConfig | None:
+        """The rung a destination carries: None for the program itself (""); ConfigError if unknown."""
+        if not name:
+            return None
+        for r in self.renditions:
+            if r.name == name:
+                return r
+        raise ConfigError(f"no rendition {name!r} in this program")
 
     @property
     def keyint_frames(self) -> int:
@@ -67,6 +108,7 @@ class Destination:
     url: str
     format: str | None = None
     max_retries: int | None = None
+    rendition: str = ""  # which rung of the ladder it carries ("": the program)
     address_check: AddressCheck | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -1,4 +1,5 @@
-"""Encode once: H.264 (libx264) and AAC, into packets every sink muxes as they are.
+"""Encode once: H.264 (libx264) and AAC, into packets every sink muxes as they are; with a quality ladder,
+one more libx264 encoder per lower video rung (the AAC is shared by every rung).
 
 The encoders live as streams of a `null` muxer container that never receives a packet: its streams,
 once opened, carry the codec parameters (SPS/PPS and AudioSpecificConfig as extradata, global header)
@@ -33,6 +34,7 @@ class EncodedPacket:
     duration: int
     time_base: Fraction
     is_keyframe: bool
+    rendition: str = ""  # the ladder rung of a video packet ("": the program); audio goes to every rung
 
     def to_av(self, stream: av.stream.Stream) -> av.Packet:
         packet = av.Packet(self.data)
@@ -43,9 +45,12 @@ class EncodedPacket:
         return packet
 
 
-def x264_options(config: ProgramConfig) -> dict[str, str]:
+def x264_options(config: ProgramConfig, *, video_bitrate: int | None = None, level: str | None = None) -> dict[str, str]:
+    """The program's x264 options; a ladder rung passes its own bitrate and level and keeps the rest,
+    so every rung has its keyframes on the same ticks and players switch at segment and part starts."""
     keyint = str(config.keyint_frames)
-    kbps = str(config.video_bitrate // 1000)
+    kbps = str((video_bitrate or config.video_bitrate) // 1000)
+    level = config.h264_level if level is None else level
     return {
         "preset": config.x264_preset,
         "tune": "zerolatency",
@@ -56,6 +61,7 @@ def x264_options(config: ProgramConfig) -> dict[str, str]:
         "maxrate": f"{kbps}k",
         "bufsize": f"{kbps}k",  # a 1 s VBV: steady enough for RTMP and HLS segments
         "threads": str(config.x264_threads),
+        **({"profile": "high", "level": level} if level else {}),  # what the master playlist's CODECS says
     }
 
 
@@ -66,13 +72,13 @@ class ProgramEncoder:
         self.audio_time_base = Fraction(1, config.sample_rate)
         self._container = av.open(os.devnull, "w", format="null")
         try:
-            video = self._container.add_stream("libx264", rate=config.fps)
-            video.width, video.height, video.pix_fmt = config.width, config.height, "yuv420p"
-            video.time_base = self.video_time_base
-            video.codec_context.time_base = self.video_time_base
-            video.codec_context.bit_rate = config.video_bitrate
-            video.codec_context.options = x264_options(config)
-            video.codec_context.flags |= Flags.global_header  # extradata for FLV/MP4, not in-band
+            video = self._add_video(config.width, config.height, x264_options(config), config.video_bitrate)
+            rungs = {
+                r.name: self._add_video(
+                    r.width, r.height, x264_options(config, video_bitrate=r.video_bitrate, level=r.h264_level), r.video_bitrate
+                )
+                for r in config.renditions if not r.audio_only
+            }
             audio = self._container.add_stream("aac", rate=config.sample_rate, layout="stereo")
             audio.codec_context.bit_rate = config.audio_bitrate
             audio.codec_context.flags |= Flags.global_header
@@ -83,13 +89,31 @@ class ProgramEncoder:
             raise EncoderError(f"cannot open the program encoders: {exc}") from exc
         self.video_template = video
         self.audio_template = audio
-        self.keyframes = 0
+        # every video encoder by rung ("": the program)
+        self.video_templates: dict[str, av.video.stream.VideoStream] = {"": video, **rungs}
+        self.keyframes_by_rendition = dict.fromkeys(self.video_templates, 0)
 
-    def encode_video(self, frame: av.VideoFrame, *, pts: int, keyframe: bool = False) -> list[EncodedPacket]:
+    @property
+    def keyframes(self) -> int:
+        return self.keyframes_by_rendition[""]
+
+    def _add_video(self, width: int, height: int, options: dict[str, str], bit_rate: int) -> av.video.stream.VideoStream:
+        video = self._container.add_stream("libx264", rate=self.config.fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.time_base = self.video_time_base
+        video.codec_context.time_base = self.video_time_base
+        video.codec_context.bit_rate = bit_rate
+        video.codec_context.options = options
+        video.codec_context.flags |= Flags.global_header  # extradata for FLV/MP4, not in-band
+        return video
+
+    def encode_video(
+        self, frame: av.VideoFrame, *, pts: int, keyframe: bool = False, rendition: str = ""
+    ) -> list[EncodedPacket]:
         frame.pts, frame.time_base = pts, self.video_time_base
         # set every time: the mixer reuses its frames, and a stale I would force a keyframe
         frame.pict_type = av.video.frame.PictureType.I if keyframe else av.video.frame.PictureType.NONE
-        return self._wrap("video", self.video_template.encode(frame))
+        return self._wrap("video", self.video_templates[rendition].encode(frame), rendition)
 
     def encode_audio(self, samples: np.ndarray, *, pts: int) -> list[EncodedPacket]:
         frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, np.float32), format="fltp", layout="stereo")
@@ -97,19 +121,20 @@ class ProgramEncoder:
         return self._wrap("audio", self.audio_template.encode(frame))
 
     def flush(self) -> list[EncodedPacket]:
-        return self._wrap("video", self.video_template.encode(None)) + self._wrap(
-            "audio", self.audio_template.encode(None)
-        )
+        out = []
+        for name, template in self.video_templates.items():
+            out += self._wrap("video", template.encode(None), name)
+        return out + self._wrap("audio", self.audio_template.encode(None))
 
     def close(self) -> None:
         self._container.close()
 
-    def _wrap(self, kind: str, packets: list[av.Packet]) -> list[EncodedPacket]:
+    def _wrap(self, kind: str, packets: list[av.Packet], rendition: str = "") -> list[EncodedPacket]:
         out = []
         for p in packets:
             if p.size == 0:
                 continue
             if kind == "video" and p.is_keyframe:
-                self.keyframes += 1
-            out.append(EncodedPacket(kind, bytes(p), p.pts, p.dts, p.duration or 0, p.time_base, p.is_keyframe))
+                self.keyframes_by_rendition[rendition] += 1
+            out.append(EncodedPacket(kind, bytes(p), p.pts, p.dts, p.duration or 0, p.time_base, p.is_keyframe, rendition))
         return out

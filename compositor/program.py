@@ -1,4 +1,7 @@
-"""The program: the stage composed, mixed, encoded once and sent to every destination.
+"""The program: the stage composed, mixed, encoded once and sent to every destination. With a quality
+ladder (`ProgramConfig.renditions`) each lower video rung is the same composite scaled down (one reused
+scaler per rung) and encoded once more on the same tick, with the same forced keyframes: one composite,
+one audio mix and one encode per rung per tick, whatever the number of viewers.
 
 Threads: the caller's (usually the asyncio loop's) only stores frames (`push_video` keeps the latest
 per participant, `push_audio` appends to a bounded inbox); one program thread ticks on its own
@@ -19,6 +22,7 @@ import time
 from typing import Any, Callable, Iterable
 
 import av
+from av.video.reformatter import VideoReformatter
 
 from . import CompositorError
 from .audio_mixer import SILENCE_DBOV, AudioMixer
@@ -57,6 +61,8 @@ class Program:
         self._sinks: dict[str, DestinationSink] = {}
         for dest in destinations:
             self._add(dest)
+        # one scaler per lower video rung, reused every tick
+        self._scalers = {r.name: (r, VideoReformatter()) for r in config.renditions if not r.audio_only}
         self._video = VideoMixer(width=config.width, height=config.height, stale_after_s=config.stale_video_s)
         self._audio = AudioMixer(rate=config.sample_rate)
         self._speaker = ActiveSpeakerDetector(switch_after_s=config.speaker_switch_s)
@@ -170,6 +176,7 @@ class Program:
                 "active_speaker_id": self._speaker.active_speaker_id,
                 "participants": len(self._participants),
                 "keyframes": self._encoder.keyframes,
+                "keyframes_by_rendition": dict(self._encoder.keyframes_by_rendition),
                 "running": self._thread is not None and self._thread.is_alive(),
                 "error": f"{self._error.__class__.__name__}: {self._error}" if self._error else None,
                 "destinations": {dest_id: sink.status() for dest_id, sink in self._sinks.items()},
@@ -178,10 +185,11 @@ class Program:
     # --- the program thread ------------------------------------------------------------------------------
 
     def _add(self, destination: Destination) -> DestinationSink:
+        rung = self.config.rendition(destination.rendition)  # ConfigError for a rung this program lacks
         self._destinations[destination.id] = destination
         sink = self._sinks[destination.id] = DestinationSink(
             destination,
-            video_template=self._encoder.video_template,
+            video_template=None if rung is not None and rung.audio_only else self._encoder.video_templates[destination.rendition],
             audio_template=self._encoder.audio_template,
             queue_packets=self.config.sink_queue_packets,
         )
@@ -262,6 +270,10 @@ class Program:
             now=now,
         )
         packets = self._encoder.encode_video(frame, pts=tick, keyframe=keyframe)
+        for name, (rung, scaler) in self._scalers.items():
+            scaled = scaler.reformat(frame, width=rung.width, height=rung.height, interpolation="BILINEAR")
+            rung_packets = self._encoder.encode_video(scaled, pts=tick, keyframe=keyframe, rendition=name)
+            self._fan_out(rung_packets)
         done = self._clock()
         with self._lock:
             self.frames_out += 1
@@ -276,4 +288,5 @@ class Program:
             sinks = list(self._sinks.values())
         for packet in packets:
             for sink in sinks:
-                sink.offer(packet)
+                if sink.wants(packet):
+                    sink.offer(packet)

@@ -87,7 +87,7 @@ class DestinationSink:
         self,
         destination: Destination,
         *,
-        video_template: av.video.stream.VideoStream,
+        video_template: av.video.stream.VideoStream | None,
         audio_template: av.audio.stream.AudioStream,
         queue_packets: int = 512,
         backoff_s: tuple[float, float] = (0.5, 10.0),
@@ -115,6 +115,18 @@ class DestinationSink:
 
     def start(self) -> None:
         self._thread.start()
+
+    def wants(self, packet: EncodedPacket) -> bool:
+        """Audio goes to every rung; video only to the sink of its rung (an audio-only sink takes none)."""
+        if packet.kind == "audio":
+            return True
+        return self._templates[0] is not None and packet.rendition == self.destination.rendition
+
+    def _starts_stream(self, packet: EncodedPacket) -> bool:
+        """Where a (re)connected sink may begin: a video keyframe, or any AAC frame for audio only."""
+        if self._templates[0] is None:
+            return packet.kind == "audio"
+        return packet.kind == "video" and packet.is_keyframe
 
     def offer(self, packet: EncodedPacket) -> None:
         if self._stopping.is_set():
@@ -228,7 +240,8 @@ class DestinationSink:
             container = av.open(dest.path, mode="w", format=dest.format)
         try:
             video, audio = self._templates
-            container.add_stream_from_template(video, opaque=True)
+            if video is not None:
+                container.add_stream_from_template(video, opaque=True)
             container.add_stream_from_template(audio, opaque=True)
             container.start_encoding()  # connects (RTMP handshake + publish) and writes the header
         except BaseException:
@@ -243,11 +256,12 @@ class DestinationSink:
                 backlog.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-        starts = [i for i, p in enumerate(backlog) if p.kind == "video" and p.is_keyframe]
+        starts = [i for i, p in enumerate(backlog) if self._starts_stream(p)]
         return backlog[starts[-1] :] if starts else []
 
     def _pump(self, container: av.container.OutputContainer) -> None:
-        video_stream, audio_stream = container.streams.video[0], container.streams.audio[0]
+        video_stream = container.streams.video[0] if container.streams.video else None
+        audio_stream = container.streams.audio[0]
         self._resync.clear()
         pending = self._backlog_from_latest_keyframe()
         waiting_for_keyframe = not pending
@@ -266,7 +280,7 @@ class DestinationSink:
                 self._resync.clear()
                 waiting_for_keyframe = True
             if waiting_for_keyframe:
-                if not (packet.kind == "video" and packet.is_keyframe):
+                if not self._starts_stream(packet):
                     continue
                 waiting_for_keyframe = False
             container.mux(packet.to_av(video_stream if packet.kind == "video" else audio_stream))
