@@ -21,6 +21,7 @@ from .models import Broadcast
 from .services.broadcast import (
     broadcast_claim, broadcast_finish, broadcast_heartbeat, destination_address_check, worker_name,
 )
+from .services.ladder import ladder_from_settings, ladder_program_renditions, ladder_stream_key
 from .services.tokens import service_token_issue
 
 log = logging.getLogger("classcast.egress")
@@ -40,6 +41,21 @@ def signaling_config(*, classroom_id: int, name: str = "compositor") -> StageCli
                              udp_receive_buffer=settings.CLASSCAST_UDP_RECEIVE_BUFFER)
 
 
+def packager_destinations(*, stream_key: str, rungs: list[str]) -> list[Destination]:
+    """One RTMP publish per ladder rung (`<key>~<rung>`, the top one is PACKAGER_DESTINATION); a
+    one-rung ladder publishes the plain key, as OBS does."""
+    if len(rungs) == 1:
+        return [Destination(id=PACKAGER_DESTINATION, url=ingest_url(stream_key))]
+    return [
+        Destination(
+            id=PACKAGER_DESTINATION if i == 0 else f"{PACKAGER_DESTINATION}-{rung}",
+            url=ingest_url(ladder_stream_key(stream_key, rung)),
+            rendition="" if i == 0 else rung,
+        )
+        for i, rung in enumerate(rungs)
+    ]
+
+
 def broadcast_job_run(*, broadcast_id: int) -> str:
     worker = worker_name()
     broadcast = broadcast_claim(
@@ -48,6 +64,7 @@ def broadcast_job_run(*, broadcast_id: int) -> str:
     if broadcast is None:
         return "not claimed"
     classroom = broadcast.session.classroom
+    rungs = ladder_from_settings()
     program = Program(
         ProgramConfig(
             width=settings.CLASSCAST_PROGRAM_WIDTH,
@@ -58,8 +75,10 @@ def broadcast_job_run(*, broadcast_id: int) -> str:
             keyint_s=settings.CLASSCAST_HLS_SEGMENT_S,
             layout=broadcast.layout,
             x264_preset=settings.CLASSCAST_X264_PRESET,
+            h264_level=rungs[0].h264_level,
+            renditions=ladder_program_renditions(rungs),
         ),
-        destinations=[Destination(id=PACKAGER_DESTINATION, url=ingest_url(classroom.stream_key))],
+        destinations=packager_destinations(stream_key=classroom.stream_key, rungs=[r.name for r in rungs]),
     )
     error = ""
     try:

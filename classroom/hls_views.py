@@ -16,6 +16,10 @@ within ACCESS_TTL_S); an operator's (`manage.py stream_key`) only while the clas
 stream key are the ones it was issued under. Someone who may not watch a private class gets the answer a
 class that does not exist gets (404), so class ids cannot be probed; only a genuine token that was
 revoked hears so (403). Only regular files inside the class's own folder are served: never a symlink.
+
+A quality ladder: the session's `live.m3u8` is the master playlist and each rung is a sub-folder
+(`<rung>/live.m3u8`, its segments and parts), served with the same checks, blocking reloads and tokens;
+a rung is a plain name one level down and must be a real folder (a symlinked rung is not followed).
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ from django.http.request import split_domain_port, validate_host
 from django.utils.crypto import salted_hmac
 from django.views.decorators.http import require_GET
 
+from hls_packager.ladder import master_first_variant
 from hls_packager.playlist import BlockingRequestError, blocking_request_check, blocking_request_ready
 from hls_packager.segments import PART_FILE
 
@@ -55,7 +60,8 @@ from .services.ingest import hls_folder_path
 from .services.viewers import WINDOW_S as VIEWER_WINDOW_S
 from .services.viewers import viewer_seen
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}\.(m3u8|ts)$")
+# a file of the session folder, or of one ladder rung's folder below it
+HLS_PATH = re.compile(r"^(?:(?P<rung>[A-Za-z0-9][A-Za-z0-9_-]{0,31})/)?(?P<file>[A-Za-z0-9][A-Za-z0-9_.-]{0,80}\.(?P<kind>m3u8|ts))$")
 _SALT = "classcast.hls.v2"  # v1 tokens (class-wide, naming no holder) fail this salt: refused
 _KEY_TAG_SALT = "classcast.hls.stream-key"
 NOT_FOUND = "no such class"  # the one answer for a class that does not exist and one you may not watch
@@ -186,6 +192,16 @@ def hls_folder_get(*, classroom_id: int) -> Path | None:
     return real if real == expected and real.is_dir() else None
 
 
+def hls_rung_folder(folder: Path, rung: str) -> Path | None:
+    """A ladder rung's folder inside the session folder: a real directory of its own, never a symlink
+    (which could lead anywhere on the disk); None otherwise."""
+    path = folder / rung
+    try:
+        return path if stat_mode.S_ISDIR(os.lstat(path).st_mode) else None
+    except OSError:
+        return None
+
+
 def hls_text_read(path: Path) -> str | None:
     """A playlist's text if `path` is a regular file (not a symlink); None otherwise."""
     try:
@@ -302,7 +318,7 @@ class Answer:
 
 @require_GET
 async def hls_file(request: HttpRequest, classroom_id: int, name: str) -> HttpResponse:
-    if NAME.match(name) is None:
+    if HLS_PATH.match(name) is None:
         metrics.HLS_REQUESTS.labels(kind="other", result="bad_name").inc()
         raise Http404("no such file")
     token = request.GET.get("token", "")
@@ -338,11 +354,11 @@ async def hls_answer(
     """The response to GET /hls/classes/<id>/<name> once access is decided (pure of Django's request).
     None if the request was held (a blocking reload, a hinted part) past the remembered decision of
     viewer `who`: the caller decides again before answering, so a revoked viewer gets nothing new."""
-    match = NAME.match(name)
+    match = HLS_PATH.match(name)
     if match is None:
         metrics.HLS_REQUESTS.labels(kind="other", result="bad_name").inc()
         return Answer.text(404, "no such file")
-    kind = match.group(1)
+    kind, name = match["kind"], match["file"]
     if access is not Access.ALLOWED:
         metrics.HLS_REQUESTS.labels(kind=kind, result="forbidden").inc()
         return Answer.text(403, REVOKED) if access is Access.REVOKED else Answer.text(404, NOT_FOUND)
@@ -352,6 +368,12 @@ async def hls_answer(
 
     def still_allowed() -> bool:
         return _remembered(classroom_id, who) is not None
+
+    if match["rung"]:
+        folder = hls_rung_folder(folder, match["rung"])
+        if folder is None:
+            metrics.HLS_REQUESTS.labels(kind=kind, result="not_found").inc()
+            return Answer.text(404, "no such rendition")
 
     if kind == "ts":
         return await _media_file(folder, name, still_allowed)
@@ -454,6 +476,9 @@ async def _playlist(
         watch.refresh()
         if watch.position is None:
             return Answer.text(404, "the broadcast has not started")
+        if master_first_variant(watch.text) is not None:  # a ladder's master: its rungs block, it never changes
+            metrics.HLS_REQUESTS.labels(kind="m3u8", result="bad_request").inc()
+            return Answer.text(400, "a master playlist takes no blocking reload: ask a rendition's playlist")
         try:
             blocking_request_check(watch.position, msn=msn, part=part)
         except BlockingRequestError as exc:
@@ -486,7 +511,7 @@ async def _playlist(
 
 # --- the fast path: remembered viewers, in front of Django's request cycle ---------------------------------
 
-_FAST_PATH = re.compile(r"^/hls/classes/(\d{1,12})/([^/]{1,100})$")
+_FAST_PATH = re.compile(r"^/hls/classes/(\d{1,12})/([^/]{1,100}(?:/[^/]{1,100})?)$")
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
 

@@ -11,7 +11,7 @@ urlpatterns = [
     path("classes/<int:classroom_id>/watch/", views.watch_page, name="watch"),
     path("api/classes/<int:classroom_id>/ice-servers/", views.ice_servers, name="ice_servers"),
     path("api/classes/<int:classroom_id>/broadcast/", views.broadcast_status, name="broadcast_status"),
-    path("hls/classes/<int:classroom_id>/<str:name>", hls_views.hls_file, name="hls"),
+    path("hls/classes/<int:classroom_id>/<path:name>", hls_views.hls_file, name="hls"),  # <rung>/<file> too
     path("classes/<int:classroom_id>/recording-settings/", recording_views.class_recording_settings,
          name="class_recording_settings"),
     path("recordings/", recording_views.recordings_list, name="recordings"),

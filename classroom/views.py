@@ -14,7 +14,9 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .hls_views import hls_folder_get, hls_text_read, hls_token_issue
+from hls_packager.ladder import master_first_variant
+
+from .hls_views import hls_folder_get, hls_rung_folder, hls_text_read, hls_token_issue
 from .metrics import database_collector_register
 from .models import ACTIVE_STAGE_STATES, Broadcast, Classroom, StageMembership
 from .permissions import Actor, can_manage_session, can_view_class
@@ -126,6 +128,12 @@ def hls_state(*, classroom: Classroom) -> dict:
     live = hls_text_read(folder / "live.m3u8") if folder is not None else None
     if live is None:  # none yet, or not a file we would serve
         return {"live": False, "ended": False}
+    top = master_first_variant(live)
+    if top is not None:  # a ladder's master playlist: its top rung says whether the program goes on
+        folder = hls_rung_folder(folder, top)
+        live = hls_text_read(folder / "live.m3u8") if folder is not None else None
+        if live is None:
+            return {"live": False, "ended": False}
     ended = hls_text_read(folder / "vod.m3u8") is not None or "#EXT-X-ENDLIST" in live
     return {"live": not ended, "ended": ended}
 

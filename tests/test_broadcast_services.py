@@ -26,6 +26,7 @@ from classroom.services.broadcast import (
     studio_info,
 )
 from classroom.services.ingest import ingest_folder_for_key
+from classroom.services.ladder import ladder_cost_pixels, ladder_parse
 from classroom.services.sessions import session_end, session_start
 
 User = get_user_model()
@@ -49,6 +50,9 @@ def test_program_cost_is_relative_to_720p30():
     assert program_cost(width=1280, height=720, fps=30) == 1.0
     assert program_cost(width=1920, height=1080, fps=30) == 2.25
     assert program_cost(width=640, height=360, fps=30) == 0.25
+    # with a ladder: every video rung's pixels (720p + 360p = 1.25), the audio-only rung costs nothing here
+    rungs = ladder_parse("720p,360p,audio", width=1280, height=720, fps=30, video_bitrate=2_500_000, audio_bitrate=128_000)
+    assert program_cost(width=1280, height=720, fps=30, ladder_pixels_per_s=ladder_cost_pixels(rungs)) == 1.25
 
 
 def test_only_the_instructor_goes_live_and_only_once(cls, django_capture_on_commit_callbacks):
@@ -56,7 +60,7 @@ def test_only_the_instructor_goes_live_and_only_once(cls, django_capture_on_comm
         broadcast_start(classroom_id=cls.id, actor=cls.actor("ben"))
     with django_capture_on_commit_callbacks() as callbacks:
         broadcast = broadcast_start(classroom_id=cls.id, actor=cls.actor("ada"))
-    assert broadcast.status == BroadcastStatus.QUEUED and broadcast.cost_units == 1.0
+    assert broadcast.status == BroadcastStatus.QUEUED and broadcast.cost_units == 1.25  # the default ladder
     assert len(callbacks) == 2  # the class is told, and the job is queued
     with pytest.raises(InvalidState):
         broadcast_start(classroom_id=cls.id, actor=cls.actor("ada"))
@@ -106,7 +110,7 @@ def test_a_worker_without_room_refuses_and_says_why(cls, demo):
     assert broadcast_claim(broadcast_id=second.pk, worker="host-a:2", capacity=1.5) is None
     second.refresh_from_db()
     assert second.status == BroadcastStatus.REFUSED
-    assert "No compositor capacity" in second.error and "1 of 1.5 units" in second.error
+    assert "No compositor capacity" in second.error and "1.25 of 1.5 units" in second.error
     # Another host has room.
     third = broadcast_start(classroom_id=other.pk, actor=ada_other)
     assert broadcast_claim(broadcast_id=third.pk, worker="host-b:1", capacity=1.5) is not None

@@ -29,15 +29,17 @@ from ..models import (
 )
 from ..permissions import Actor, can_manage_session
 from .events import event_record
+from .ladder import ladder_cost_pixels, ladder_from_settings
 from .sessions import session_require_live
 
 log = logging.getLogger("classcast.broadcast")
 REFERENCE_PIXELS_PER_S = 1280 * 720 * 30
 
 
-def program_cost(*, width: int, height: int, fps: int) -> float:
-    """Cost units of one program: x264 dominates and scales with pixels per second (720p30 = 1.0)."""
-    return round(width * height * fps / REFERENCE_PIXELS_PER_S, 3)
+def program_cost(*, width: int, height: int, fps: int, ladder_pixels_per_s: int = 0) -> float:
+    """Cost units of one program: x264 dominates and scales with pixels per second (720p30 = 1.0);
+    `ladder_pixels_per_s`: what every video rung encodes, the program's included (then it replaces it)."""
+    return round((ladder_pixels_per_s or width * height * fps) / REFERENCE_PIXELS_PER_S, 3)
 
 
 def broadcast_active(*, session_id: int) -> Broadcast | None:
@@ -71,6 +73,7 @@ def broadcast_start(*, classroom_id: int, actor: Actor) -> Broadcast:
                 width=settings.CLASSCAST_PROGRAM_WIDTH,
                 height=settings.CLASSCAST_PROGRAM_HEIGHT,
                 fps=settings.CLASSCAST_PROGRAM_FPS,
+                ladder_pixels_per_s=ladder_cost_pixels(ladder_from_settings()),
             ),
         )
     except IntegrityError:  # pressed twice, from two tabs

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from django.conf import settings
 
+from hls_packager.ladder import master_first_variant
+
 from .. import metrics
 from ..models import Classroom, LiveSession, SessionStatus
 
@@ -40,6 +42,17 @@ def hls_folder_path(*, classroom_id: int) -> Path | None:
         if (folder / "live.m3u8").exists():
             return folder
     return None
+
+
+def program_media_folder(folder: Path) -> Path:
+    """Where a session's program segments are: the session folder for a single stream (OBS, a one-rung
+    ladder), the top rung's folder when its `live.m3u8` is a ladder's master playlist."""
+    try:
+        text = (folder / "live.m3u8").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return folder
+    top = master_first_variant(text)
+    return folder / top if top else folder
 
 
 class IngestEvents:

@@ -43,7 +43,7 @@ from recorder.thumbnails import thumbnail_make
 
 from ..models import ChatMessage, EventKind, FileRole, Recording, RecordingFile, RecordingStatus, SessionEvent
 from ..selectors import display_name
-from .ingest import session_folder
+from .ingest import program_media_folder, session_folder
 
 log = logging.getLogger("classcast.recording")
 STEPS = ("finalize", "program", "probe", "qc", "thumbnails", "publish")
@@ -146,7 +146,9 @@ def _finalize(recording: Recording) -> None:
 
 def _program(recording: Recording) -> None:
     """The broadcast's HLS segments within the recording, as a VOD playlist and one MP4 (remuxed)."""
-    folder = settings.CLASSCAST_HLS_ROOT / session_folder(classroom_id=recording.classroom_id, session_id=recording.session_id)
+    folder = program_media_folder(
+        settings.CLASSCAST_HLS_ROOT / session_folder(classroom_id=recording.classroom_id, session_id=recording.session_id)
+    )  # with a ladder: the top rung's folder
     archive = folder / "archive.m3u8"
     if not archive.exists():
         return  # nothing was broadcast (compositor or OBS) in this session: no program

@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand
 from prometheus_client import start_http_server
 
 from classroom.services.ingest import ingest_folder_for_key, ingest_events
+from classroom.services.ladder import ladder_from_settings, ladder_renditions
 from hls_packager.config import PackagerConfig
 from hls_packager.server import IngestServer
 
@@ -37,6 +38,7 @@ class Command(BaseCommand):
             max_pending_per_ip=settings.CLASSCAST_RTMP_MAX_PENDING_PER_IP,
             max_connections_per_ip=settings.CLASSCAST_RTMP_MAX_CONNECTIONS_PER_IP,
             handshake_timeout_s=settings.CLASSCAST_RTMP_AUTH_TIMEOUT_S,
+            ladder=ladder_renditions(ladder_from_settings()),
         )
         asyncio.run(self._run(config))
 
