@@ -47,7 +47,9 @@ export function setupBroadcast({ classId, page, send, banner }) {
       // Low-latency mode: blocking reloads and parts, PART-HOLD-BACK (~1 s) behind live. No
       // liveSyncDuration* here: set, they would override the server's hold-back. A player that fell
       // behind (a stall) catches up by playing a little faster rather than jumping.
-      const hls = new window.Hls({ lowLatencyMode: true, maxLiveSyncPlaybackRate: 1.25 });
+      // A quality ladder (the master playlist): hls.js picks the rung by measured bandwidth. startLevel
+      // -1: it first fetches the lowest rung to measure the link, so a weak link never starts on 720p.
+      const hls = new window.Hls({ lowLatencyMode: true, maxLiveSyncPlaybackRate: 1.25, startLevel: -1 });
       hls.loadSource(url);
       hls.attachMedia(video);
       hls.on(window.Hls.Events.ERROR, (_, data) => {
@@ -77,6 +79,9 @@ export function setupBroadcast({ classId, page, send, banner }) {
     if (!p || !el) return;
     const latency = p.hls ? p.hls.latency : NaN;
     el.textContent = Number.isFinite(latency) && latency > 0 ? `${latency.toFixed(1)} s behind live` : "";
+    const quality = $("player-quality");
+    const level = p.hls && p.hls.levels.length > 1 ? p.hls.levels[p.hls.currentLevel] : null;
+    if (quality) quality.textContent = level && level.height ? `${level.height}p` : "";
   }
 
   // ---------- studio (instructor) ---------------------------------------------------------------
