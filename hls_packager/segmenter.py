@@ -199,7 +199,7 @@ class _SegmentWriter:
                 if self.anchor is None:
                     self.anchor = (datetime.now(timezone.utc), t)
                 self.open_segment(t)
-            elif boundary and self.cutter.should_cut(t, keyframe=True):
+            elif boundary and self.cutter.should_cut(t, keyframe=True, on_grid=video is None):
                 self.close_segment(final=False, end_s=t)
                 self.open_segment(t)
             elif self.low_latency and paces_parts and self.part_cutter.should_cut(t):

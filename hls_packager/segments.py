@@ -1,6 +1,7 @@
 """Segment bookkeeping, pure: where to cut, and a folder's history of segments across publishers."""
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,9 +26,15 @@ class SegmentCutter:
     # as long; FLV's whole-millisecond clock also lands 2 s of 30 fps video on 1999.999.. ms.
     early_cut_fraction: float = 0.9
 
-    def should_cut(self, t_s: float, *, keyframe: bool) -> bool:
+    def should_cut(self, t_s: float, *, keyframe: bool, on_grid: bool = False) -> bool:
         if self.start_s is None or not keyframe:
             return False
+        if on_grid:
+            # Audio only (every packet may cut): at the first packet on or after the next multiple of the
+            # target on the media clock, where a ladder's video rungs cut (the program's keyframes are on
+            # those ticks), and with no drift from one segment to the next.
+            boundary = (math.floor(self.start_s / self.target_s + 1e-6) + 1) * self.target_s
+            return t_s >= boundary - 0.001
         return t_s - self.start_s >= self.target_s * self.early_cut_fraction - 0.001
 
     def begin(self, t_s: float) -> None:
