@@ -30,8 +30,15 @@ from .conftest import (
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
+def media_folder(folder: Path) -> Path:
+    """The program's own segments: the top rung's folder under a ladder's master playlist."""
+    from classroom.services.ingest import program_media_folder
+
+    return program_media_folder(folder)
+
+
 def playlist(folder: Path) -> m3u8.M3U8 | None:
-    path = folder / "live.m3u8"
+    path = media_folder(folder) / "live.m3u8"
     return m3u8.loads(path.read_text()) if path.exists() else None
 
 
@@ -97,8 +104,20 @@ def test_broadcast_from_stage_to_viewers(stack, browser):
     ada.wait_for_selector("#bc-status.live", timeout=90_000)
     fresh = segments_after(stack, cid, 3)
 
-    # The playlist parses; segments are ~2 s; the stream is H.264 1280x720 + AAC 48 kHz.
-    folder = stack.folder(cid)
+    # The master playlist names the ladder (the default 720p, 360p, audio), and the 360p rung is there.
+    session = stack.folder(cid)
+    master = m3u8.loads((session / "live.m3u8").read_text())
+    assert [p.uri for p in master.playlists] == ["720p/live.m3u8", "360p/live.m3u8", "audio/live.m3u8"]
+
+    def low_segments():
+        path = session / "360p" / "live.m3u8"
+        return [s for s in m3u8.loads(path.read_text()).segments if s.uri] or None if path.exists() else None
+
+    low = wait_until(low_segments, timeout=30, what="a 360p segment", logs=stack.logs)
+    assert probe_segment(session / "360p" / low[-1].uri)["size"] == (640, 360)
+
+    # The program's playlist parses; segments are ~2 s; the stream is H.264 1280x720 + AAC 48 kHz.
+    folder = media_folder(session)
     pl = playlist(folder)
     assert pl.target_duration and pl.target_duration <= 3, [s.duration for s in pl.segments]
     assert pl.program_date_time is not None or any(s.program_date_time for s in pl.segments)
