@@ -8,6 +8,9 @@
    would only act on them for frames it encodes itself, and a forwarding sender encodes nothing.
 5. ICE: the receive buffer of a peer connection's UDP sockets (`ice_receive_buffer`), which aioice
    leaves at the kernel default.
+6. Receiver: audio packets straight to the tap as they arrive (`receiver_audio_passthrough`), instead
+   of through aiortc's audio jitter buffer, which holds everything behind a lost packet.
+7. Codecs: Opus in-band FEC offered on every connection (`opus_fec_negotiate`).
 
 aiortc has no public API for received encoded media. `RTCRtpReceiver` reassembles RTP packets into
 whole encoded frames (a `JitterFrame`: the depacketized payload - a VP8 frame, an H.264 Annex B access
@@ -31,6 +34,8 @@ import queue
 import socket
 from typing import Any, Callable
 
+from aiortc.codecs import CODECS
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket, pack_remb_fci, unpack_remb_fci
 
 from . import RtcError
@@ -39,6 +44,12 @@ from .keyframes import is_keyframe
 log = logging.getLogger("classcast.egress")
 _QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"
 _ESTIMATOR_ATTR = "_RTCRtpReceiver__remote_bitrate_estimator"
+_JITTER_ATTR = "_RTCRtpReceiver__jitter_buffer"
+_KIND_ATTR = "_RTCRtpReceiver__kind"
+# What a receiver of Opus asks its sender for (RFC 7587): in-band FEC, so a lost 20 ms packet is rebuilt
+# from the next one; 10 ms frames allowed. Chromium encodes FEC only when the far end's description says
+# so, and then as much as the receiver reports losing.
+OPUS_FMTP = {"minptime": 10, "useinbandfec": 1}
 _TAPPED = "_classcast_tap"
 
 # (codec name in lower case, payload, RTP timestamp from 0, clock rate)
@@ -225,3 +236,56 @@ def _ice_transports(pc: Any) -> list[Any]:
             if dtls is not None:
                 seen.setdefault(id(dtls.transport), dtls.transport)
     return list(seen.values())
+
+
+def opus_fec_negotiate() -> None:
+    """Offer and accept Opus with in-band FEC on every connection this process makes. aiortc builds
+    every description from its module-level codec list (a codec preference's own parameters must equal
+    that list's, so they cannot add any), and that list's Opus has no fmtp: without this a browser never
+    sends the node FEC, and every lost audio packet is concealed. Call before building preferences
+    (`RTCRtpSender.getCapabilities`). Idempotent."""
+    opus = [c for c in CODECS.get("audio", []) if c.mimeType.lower() == "audio/opus"]
+    if len(opus) != 1 or not isinstance(opus[0].parameters, dict):
+        raise TapError("aiortc's codec list has no single Opus entry; check the pinned aiortc version")
+    opus[0].parameters.update(OPUS_FMTP)
+
+
+def receiver_audio_passthrough(receiver: Any) -> None:
+    """Hand every audio packet on (to the tap, then the decoder) as it arrives. aiortc's audio jitter
+    buffer releases a frame only once every earlier packet is in, so one lost packet holds the stream for
+    16 packets (320 ms) and then releases a burst: on a lossy link a quarter of the audio forwarded from
+    it ended up concealed. A forwarding node needs no jitter buffer (the receiving browser has its own,
+    and its Opus decoder rebuilds the gap from the next packet's FEC); a duplicate or a packet older
+    than one already passed on (a retransmission, a reordering) is dropped. Idempotent."""
+    if getattr(receiver, _KIND_ATTR, None) != "audio":
+        raise TapError("only an audio receiver passes packets through: a video frame spans several packets")
+    current = getattr(receiver, _JITTER_ATTR, None)
+    if isinstance(current, _PassThrough):
+        return
+    if not isinstance(current, JitterBuffer):
+        raise TapError("aiortc's RTCRtpReceiver has no jitter buffer to replace; check the pinned aiortc version")
+    setattr(receiver, _JITTER_ATTR, _PassThrough())
+
+
+class _PassThrough:
+    """Stands in for aiortc's JitterBuffer on an audio receiver: one RTP packet is one Opus frame."""
+
+    capacity = 1
+
+    def __init__(self) -> None:
+        self.highest: int | None = None  # extended sequence number of the newest packet passed on
+        self.dropped = 0
+
+    def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
+        seq = packet.sequence_number
+        if self.highest is None:
+            extended = seq
+        else:
+            # unwrap the 16-bit sequence number around the newest one (RFC 3550 A.1)
+            delta = (seq - self.highest) & 0xFFFF
+            extended = self.highest + delta if delta < 0x8000 else self.highest - (0x10000 - delta)
+        if self.highest is not None and extended <= self.highest:
+            self.dropped += 1
+            return False, None
+        self.highest = extended
+        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)  # noqa: SLF001 - set by aiortc

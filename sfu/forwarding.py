@@ -14,7 +14,10 @@ What a forwarding SFU must do itself, because nothing is re-encoded any more:
 * **bitrate** - each subscriber's REMB is kept, and the publisher hears the weakest one still worth
   serving (never below `REMB_FLOOR_BPS`: one hopeless link must not ruin the picture for everyone);
 * **timestamps** - a transceiver re-used for another publisher keeps its RTP clock moving forward,
-  so receivers see one continuous stream.
+  so receivers see one continuous stream;
+* **staleness** - frames that reach the node long after their time (a publisher's browser sending
+  what it queued during an outage) are dropped, not replayed to everyone at several times real
+  speed; video then waits for a fresh keyframe.
 """
 from __future__ import annotations
 
@@ -39,6 +42,30 @@ REMB_FLOOR_BPS = 150_000
 REMB_STALE_S = 5.0  # a subscriber's estimate older than this no longer holds the publisher back
 QUEUE_FRAMES = {"video": 90, "audio": 150}  # ~3 s: a subscriber further behind starts over at a keyframe
 FRAME_TICKS = {"video": 3000, "audio": 960}  # one frame at 30 fps / 20 ms: the step across a source switch
+# A frame later than this behind its own timestamp (against the least late one of the last
+# STALE_WINDOW_S) is stale. Well above any jitter a receiver's buffer would wait for, well below the
+# seconds a browser sends in a burst after an outage.
+STALE_AFTER_S = 0.6
+STALE_WINDOW_S = 10.0
+
+
+class Lateness:
+    """How late each frame arrives, judged by its own RTP clock: arrival time minus media time, less the
+    smallest such difference seen in the last `window_s` (the path's own delay and the clocks' offset).
+    A windowed minimum, so a lasting change of path delay is learnt within the window."""
+
+    def __init__(self, *, window_s: float = STALE_WINDOW_S) -> None:
+        self.window_s = window_s
+        self._mins: collections.deque[tuple[float, float]] = collections.deque()  # (arrival, offset), rising
+
+    def late_s(self, *, timestamp: int, clock_rate: int, arrival_s: float) -> float:
+        offset = arrival_s - timestamp / clock_rate
+        while self._mins and self._mins[-1][1] >= offset:
+            self._mins.pop()
+        self._mins.append((arrival_s, offset))
+        while self._mins[0][0] < arrival_s - self.window_s:
+            self._mins.popleft()
+        return offset - self._mins[0][1]
 
 
 class Frame:
@@ -62,14 +89,30 @@ class PublishedTrack:
         self._last_pli = 0.0
         self._pli_pending: asyncio.TimerHandle | None = None
         self._remb: dict[int, tuple[float, int]] = {}  # id(output) -> (when, bps)
+        self.lateness = Lateness()
+        self.stale = 0  # frames dropped for arriving too late
+        self._after_stale = False  # video: fresh frames wait for a keyframe after stale ones
 
     # frames arrive on the event loop's thread (the receiver's RTP handler): hand off only
     def on_frame(self, codec: str, data: bytes, timestamp: int, clock_rate: int) -> None:
         self.codec = codec
         self.frames += 1
+        late = self.lateness.late_s(timestamp=timestamp, clock_rate=clock_rate, arrival_s=time.monotonic())
         if self.muted:
             return
-        frame = Frame(codec, data, timestamp, clock_rate, is_keyframe(codec, data))
+        keyframe = is_keyframe(codec, data)
+        if late > STALE_AFTER_S:
+            self.stale += 1
+            if self.kind == "video" and not self._after_stale:
+                self._after_stale = True
+                for output in self.outputs:
+                    output.source_resumed()  # continue each subscriber's clock from the next fresh keyframe
+            return
+        if self._after_stale:
+            self._after_stale = False
+            if not keyframe:
+                self.request_keyframe()
+        frame = Frame(codec, data, timestamp, clock_rate, keyframe)
         for output in self.outputs:
             output.push(frame)
 

@@ -35,6 +35,8 @@ from aiortc.sdp import candidate_from_sdp
 
 from rtc.encoded_tap import (
     ice_receive_buffer,
+    opus_fec_negotiate,
+    receiver_audio_passthrough,
     receiver_remb_cap,
     receiver_request_keyframe,
     receiver_tap,
@@ -117,6 +119,7 @@ class Room:
         self.rtc_config = rtc_config
         self.udp_receive_buffer = udp_receive_buffer  # bytes per publisher socket; 0 keeps the kernel's
         self.send = send
+        opus_fec_negotiate()  # before the preferences: they must carry the same Opus parameters
         self.codecs = {"audio": codec_preferences("audio", "opus"), "video": codec_preferences("video", video_codec)}
         self.peers: dict[str, Peer] = {}
         # FIFO: signaling for one room is applied in arrival order (answer before its candidates).
@@ -148,6 +151,8 @@ class Room:
                 )
                 # The node decodes nothing: frames go from the receiver straight to the subscribers.
                 receiver_tap(transceiver.receiver, on_frame=source.on_frame, decode=False)
+                if kind == "audio":  # forwarded as it arrives, never held behind a lost packet
+                    receiver_audio_passthrough(transceiver.receiver)
                 if kind == "video":
                     receiver_remb_cap(transceiver.receiver, cap=source.remb_cap)
             await pub.setLocalDescription(await pub.createOffer())

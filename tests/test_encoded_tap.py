@@ -24,10 +24,13 @@ from aiortc import (
     RTCRtpSender,
 )
 
-from compositor import CompositorError
+from rtc import RtcError
 from rtc.encoded_tap import (
+    OPUS_FMTP,
     TapError,
     ice_receive_buffer,
+    opus_fec_negotiate,
+    receiver_audio_passthrough,
     receiver_estimator_off,
     receiver_request_keyframe,
     receiver_tap,
@@ -485,7 +488,7 @@ def test_tap_refuses_an_object_without_aiortcs_decoder_queue() -> None:
 
     with pytest.raises(TapError, match="aiortc version"):
         receiver_tap(Moved(), on_frame=Tapped(), decode=True)
-    assert issubclass(TapError, CompositorError)
+    assert issubclass(TapError, RtcError)
 
 
 async def test_the_receive_side_estimator_can_be_turned_off_on_the_pinned_aiortc() -> None:
@@ -602,3 +605,97 @@ def test_without_decoding_or_a_limit_nothing_is_dropped() -> None:
         for ts in range(50):
             receiver._RTCRtpReceiver__decoder_queue.put((VP8, _Frame(DELTA, ts)))
         assert len(receiver.waiting) == 50
+
+
+# ---- audio as it arrives, Opus FEC ----
+
+class _Packet:
+    def __init__(self, seq: int, timestamp: int) -> None:
+        self.sequence_number, self.timestamp, self._data = seq, timestamp, bytes([seq & 0xFF])
+
+
+def test_audio_passes_through_as_it_arrives_and_drops_duplicates_and_late_packets() -> None:
+    from rtc.encoded_tap import _PassThrough
+
+    buffer = _PassThrough()
+    out = []
+    for seq in (65533, 65534, 0, 65535, 1, 1, 3, 2, 4):  # a wrap, a reordering, a duplicate, a loss (2 late)
+        pli, frame = buffer.add(_Packet(seq, seq * 960))
+        assert pli is False
+        out.append(None if frame is None else frame.data[0])
+    # every packet newer than the newest passed on goes at once, the hole at 65535 (then 2) does not hold it
+    assert out == [253, 254, 0, None, 1, None, 3, None, 4]
+    assert buffer.dropped == 3
+
+
+async def test_the_audio_passthrough_replaces_the_jitter_buffer_of_the_pinned_aiortc() -> None:
+    from aiortc.rtcdtlstransport import RTCCertificate, RTCDtlsTransport
+    from aiortc.rtcicetransport import RTCIceGatherer, RTCIceTransport
+
+    from rtc.encoded_tap import _PassThrough
+
+    transport = RTCDtlsTransport(RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()])
+    audio, video = RTCRtpReceiver("audio", transport), RTCRtpReceiver("video", transport)
+    receiver_audio_passthrough(audio)
+    receiver_audio_passthrough(audio)  # idempotent
+    assert isinstance(getattr(audio, "_RTCRtpReceiver__jitter_buffer"), _PassThrough)
+    with pytest.raises(TapError, match="audio"):
+        receiver_audio_passthrough(video)  # a video frame spans several packets
+    with pytest.raises(TapError):
+        receiver_audio_passthrough(object())
+
+
+@pytest.mark.slow
+async def test_a_lost_audio_packet_holds_nothing_back(loopback_only: None) -> None:
+    """One Opus packet lost on the way: with the pass-through every later packet reaches the tap in the
+    very call that received it; aiortc's own jitter buffer holds them behind the hole."""
+
+    async def run(passthrough: bool) -> tuple[list[int], int]:
+        tapped, arrived = Tapped(), 0
+        behind: list[int] = []  # packets arrived but not yet handed on, seen at each tapped frame
+        async with Call(audio=True) as call:
+            receivers = await call.offer()
+            receiver = receivers["audio"]
+
+            def on_frame(*frame: Any) -> None:
+                tapped(*frame)
+                behind.append(arrived - len(tapped))
+
+            receiver_tap(receiver, on_frame=on_frame, decode=False)
+            if passthrough:
+                receiver_audio_passthrough(receiver)
+            original = receiver._handle_rtp_packet
+
+            async def handle(packet: Any, arrival_time_ms: int) -> None:
+                nonlocal arrived
+                if not first:
+                    first.append(packet.sequence_number)
+                elif packet.sequence_number == (first[0] + 10) % 65536:
+                    return  # lost on the way
+                arrived += 1
+                await original(packet, arrival_time_ms)
+
+            first: list[int] = []
+            receiver._handle_rtp_packet = handle
+            await call.answer()
+            await wait_until(lambda: arrived >= 40, "40 audio packets")
+        return behind, arrived
+
+    behind, _ = await run(passthrough=True)
+    assert behind and set(behind) == {0}
+    held, _ = await run(passthrough=False)
+    assert max(held) >= 1  # aiortc's buffer always keeps packets waiting (and more behind a hole)
+
+
+async def test_opus_is_offered_with_inband_fec() -> None:
+    opus_fec_negotiate()
+    opus_fec_negotiate()  # idempotent
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        transceiver = pc.addTransceiver("audio", direction="recvonly")
+        transceiver.setCodecPreferences(_only("audio", "audio/opus"))
+        await pc.setLocalDescription(await pc.createOffer())
+        fmtp = [line for line in pc.localDescription.sdp.splitlines() if line.startswith("a=fmtp:")]
+        assert fmtp and all(f"{k}={v}" in fmtp[0] for k, v in OPUS_FMTP.items()), fmtp
+    finally:
+        await pc.close()

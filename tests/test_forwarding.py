@@ -14,7 +14,7 @@ import pytest
 from aiortc import MediaStreamTrack
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
 
-from sfu.forwarding import REMB_FLOOR_BPS, ForwardTrack, Frame, PublishedTrack, is_keyframe
+from sfu.forwarding import REMB_FLOOR_BPS, STALE_AFTER_S, ForwardTrack, Frame, Lateness, PublishedTrack, is_keyframe
 from classroom.media_node.node import ice_host_addresses_pin, rtc_configuration
 from sfu.room import Room
 from rtc.encoded_tap import receiver_tap
@@ -279,3 +279,51 @@ def test_keyframe_detection():
     assert is_keyframe("h264", b"\x00\x00\x00\x01\x67\x42\x00\x00\x00\x01\x65\x88")
     assert not is_keyframe("h264", b"\x00\x00\x00\x01\x41\x9a")
     assert is_keyframe("opus", b"\xfc")
+
+
+def test_lateness_is_judged_against_the_least_late_frame_of_the_window():
+    late = Lateness(window_s=10.0)
+    assert late.late_s(timestamp=0, clock_rate=90000, arrival_s=100.0) == 0.0
+    assert late.late_s(timestamp=3000, clock_rate=90000, arrival_s=100.05) == pytest.approx(0.05 - 1 / 30)
+    # a burst of frames sent long after their time (a browser emptying its queue after an outage)
+    assert late.late_s(timestamp=6000, clock_rate=90000, arrival_s=103.0) == pytest.approx(3.0 - 2 / 30)
+    # early frames (jitter the other way) become the new reference at once
+    assert late.late_s(timestamp=90000 * 4, clock_rate=90000, arrival_s=103.1) == 0.0
+    # a lasting change of path delay is learnt once the window has passed
+    for i in range(1, 12):
+        result = late.late_s(timestamp=90000 * (4 + i), clock_rate=90000, arrival_s=103.6 + i)
+    assert result == pytest.approx(0.0, abs=1e-9)
+
+
+async def test_stale_frames_are_dropped_and_video_resumes_at_a_fresh_keyframe_on_the_same_clock():
+    asks = []
+    src = PublishedTrack("video", request_keyframe=lambda: asks.append(1))
+    out = ForwardTrack("video")
+    out.switch(src)
+    now = 90000 * 5  # RTP ticks "now": the first frame sets the reference
+    src.on_frame("vp8", b"\x00", now, 90000)
+    first = await out.recv()
+    # what the publisher queued during an outage arrives seconds after its time: not replayed
+    for i in range(30):
+        src.on_frame("vp8", b"\x01", 90000 + i * 3000, 90000)
+    assert src.stale == 30 and len(out._queue) == 0  # noqa: SLF001
+    assert STALE_AFTER_S < 3.0
+    # fresh again: a delta frame cannot be shown without what was dropped, so a keyframe is asked for
+    src.on_frame("vp8", b"\x01", now + 3000, 90000)
+    assert len(out._queue) == 0 and (asks or src._pli_pending is not None)  # noqa: SLF001
+    src.on_frame("vp8", b"\x00", now + 6000, 90000)
+    resumed = await out.recv()
+    assert bytes(resumed) == b"\x00" and resumed.pts == first.pts + 3000  # one continuous stream
+    out.stop()
+    src.end()
+
+
+async def test_stale_audio_is_dropped_and_fresh_audio_flows_on():
+    src = PublishedTrack("audio", request_keyframe=lambda: None)
+    out = ForwardTrack("audio")
+    out.switch(src)
+    src.on_frame("opus", b"a", 48000 * 10, 48000)
+    src.on_frame("opus", b"b", 48000 * 2, 48000)  # 8 s late
+    src.on_frame("opus", b"c", 48000 * 10 + 960, 48000)
+    assert [bytes(await out.recv()) for _ in range(2)] == [b"a", b"c"] and src.stale == 1
+    out.stop()

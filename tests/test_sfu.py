@@ -8,7 +8,8 @@ import pytest
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
-from sfu.room import NegotiationError, PeerSpec, Room, UnknownPeerError
+from sfu.observer import RoomObserver
+from sfu.room import SETUP_TIMEOUT_S, NegotiationError, PeerSpec, Room, UnknownPeerError
 
 pytestmark = [pytest.mark.slow, pytest.mark.once]  # pure media: the deployment mode does not matter
 
@@ -239,3 +240,52 @@ async def test_a_member_who_joins_muted_stays_muted(room_and_clients):
     await client.close()
     async with room.lock:
         await room.close(reason="test_over")
+
+
+class RecordingObserver(RoomObserver):
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def call_setup(self, **kw: Any) -> None:
+        self.calls.append(("call_setup", kw))
+
+    def joined(self, **kw: Any) -> None:
+        self.calls.append(("joined", kw))
+
+    def bitrate(self, **kw: Any) -> None:
+        self.calls.append(("bitrate", kw))
+
+    def named(self, name: str) -> list[dict[str, Any]]:
+        return [kw for n, kw in self.calls if n == name]
+
+
+async def test_what_a_room_measures_leaves_through_its_observer():
+    """The SFU imports no metrics: setups, join times and bitrates reach whatever observer it is given."""
+    from classroom.media_node.node import ice_host_addresses_pin, rtc_configuration
+
+    ice_host_addresses_pin(["127.0.0.1"])
+    clients: dict[str, Client] = {}
+    observer = RecordingObserver()
+
+    async def send(channel: str, message: dict[str, Any]) -> None:
+        await clients[channel].deliver(message)
+
+    room = Room(session_id=1, rtc_config=rtc_configuration(), send=send, observer=observer)
+    a = await join(room, clients, "a", 1)
+    b = await join(room, clients, "b", 2)
+    try:
+        await wait_for(lambda: len(observer.named("call_setup")) == 2)
+        assert observer.named("call_setup") == [{"result": "success"}] * 2
+        assert all(0 < kw["seconds"] < SETUP_TIMEOUT_S for kw in observer.named("joined"))
+        await wait_for(lambda: a.receiver_track(2, "video") is not None)
+        await room.stats_collect()  # the first collection sets the baseline of byte counts
+        await asyncio.sleep(0.5)
+        await room.stats_collect()
+        directions = {kw["direction"] for kw in observer.named("bitrate")}
+        assert directions == {"inbound", "outbound"}
+    finally:
+        async with room.lock:
+            for peer_id in list(room.peers):
+                await room.leave(peer_id, reason="left")
+        for client in (a, b):
+            await client.close()
