@@ -65,6 +65,7 @@ bench-deps:
 bench: $(STAMP) system-deps bench-deps
 	$(PY) bench/join_time.py
 	$(PY) bench/compositor.py
+	$(PY) bench/ladder.py
 	$(PY) bench/hls_ingest.py
 	$(PY) bench/recorder.py
 	$(PY) bench/sfu.py
