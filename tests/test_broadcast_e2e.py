@@ -138,6 +138,14 @@ def test_broadcast_from_stage_to_viewers(stack, browser):
                        timeout=60, what="the viewer's player to start", logs=stack.logs)
     wait_until(lambda: cleo.evaluate("window.classcast.player.video.currentTime") >= start + 5,
                timeout=60, what="5 s of playback")
+    # hls.js has the video rungs as its levels (it leaves the audio-only variant out), plays one of them
+    # in low-latency mode (its playlist lists parts) and the player bar says which.
+    assert sorted(cleo.evaluate("window.classcast.player.hls.levels.map((l) => l.height)")) == [360, 720]
+    assert cleo.evaluate("(() => { const h = window.classcast.player.hls;"
+                         " const d = h.levels[h.currentLevel].details; return !!(d && d.partList && d.partList.length); })()")
+    quality = wait_until(lambda: cleo.evaluate("document.getElementById('player-quality').textContent") or None,
+                         timeout=10, what="the quality label")
+    assert quality in ("360p", "720p")
 
     # The stage changes mid-broadcast: ben leaves (one tile), comes back (two); output never stops.
     last_seq = fresh[-1][0]
