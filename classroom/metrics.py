@@ -15,7 +15,7 @@ PEER_CONNECTIONS = Gauge(
 CALL_SETUPS = Counter("classcast_call_setups_total", "Peer connection set-ups, by result", ["result"])
 JOIN_SECONDS = Histogram(
     "classcast_join_seconds",
-    "Join time: server = join request to connected; browser = page load to first remote frame",
+    "Join time: server = join request to connected; browser = asking for the call to first remote frame",
     ["source"],
     buckets=_LATENCY_BUCKETS,
 )
@@ -29,6 +29,23 @@ PACKET_LOSS = Histogram(
 )
 BITRATE_BPS = Histogram(
     "classcast_bitrate_bps", "Bitrate per track", ["source", "direction", "kind"], buckets=_BITRATE_BUCKETS
+)
+# Each stage participant's two legs from the media node's own view (sfu/quality.py): up = what the node
+# receives from them, down = what their browser reports receiving from the node. One series per live
+# participant, removed when they leave: bounded by the people on stage, whatever runs for how long.
+PARTICIPANT_LOSS = Gauge(
+    "classcast_participant_loss_ratio", "Packet loss per participant and leg", ["session", "participant", "direction"]
+)
+PARTICIPANT_JITTER = Gauge(
+    "classcast_participant_jitter_seconds", "Jitter per participant and leg", ["session", "participant", "direction"]
+)
+PARTICIPANT_RTT = Gauge("classcast_participant_rtt_seconds", "Round-trip time node-participant", ["session", "participant"])
+PARTICIPANT_BITRATE = Gauge(
+    "classcast_participant_bitrate_bps", "Bitrate per participant and leg", ["session", "participant", "direction"]
+)
+LEG_LOSS = Histogram(
+    "classcast_leg_loss_ratio", "Packet loss per participant leg and collection, on this node", ["direction"],
+    buckets=_RATIO_BUCKETS,
 )
 NODE_BITRATE_BPS = Gauge("classcast_media_node_bitrate_bps", "Total media bitrate of this node", ["direction"])
 INBOUND_FPS = Histogram(

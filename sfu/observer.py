@@ -3,6 +3,8 @@ Django: the media node (classroom/media_node/node.py) turns these calls into Pro
 bench or test can record them. Every method is a no-op here; override what you need."""
 from __future__ import annotations
 
+from .quality import PeerQuality
+
 
 class RoomObserver:
     def call_setup(self, *, result: str) -> None:
@@ -25,3 +27,9 @@ class RoomObserver:
 
     def inbound_fps(self, *, fps: float) -> None:
         """Frames per second of one publisher's video as it reaches the node."""
+
+    def peer_quality(self, *, session_id: int, quality: PeerQuality) -> None:
+        """One participant's two legs (sfu/quality.py), at every collection while they are connected."""
+
+    def peer_left(self, *, session_id: int, peer_id: str) -> None:
+        """A participant's connections are gone: forget what was kept per participant."""

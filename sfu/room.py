@@ -46,6 +46,7 @@ from rtc.encoded_tap import (
 from . import SfuError
 from .forwarding import ForwardTrack, PublishedTrack
 from .observer import RoomObserver
+from .quality import LegCounters, PeerQuality, downlink_quality, uplink_quality
 
 log = logging.getLogger("classcast.sfu")
 
@@ -99,6 +100,9 @@ class Peer:
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     bytes_prev: tuple[float, int, int] | None = None
     lost_prev: dict[int, tuple[int, int]] = field(default_factory=dict)
+    up: LegCounters = field(default_factory=LegCounters)
+    down: LegCounters = field(default_factory=LegCounters)
+    quality: PeerQuality | None = None
 
     def pcs(self) -> list[tuple[str, RTCPeerConnection]]:
         return [(name, pc) for name, pc in ((PUBLISH, self.pub), (SUBSCRIBE, self.sub)) if pc is not None]
@@ -226,6 +230,7 @@ class Room:
             task.cancel()
         if not peer.connected:
             self.observer.call_setup(result="abandoned")
+        self.observer.peer_left(session_id=self.session_id, peer_id=peer_id)
         for _, pc in peer.pcs():
             await pc.close()
         log.info("peer left", extra={**self._log_extra(peer), "reason": reason})
@@ -351,11 +356,19 @@ class Room:
         """Observe RTT, jitter, loss and bitrate of every peer; returns (inbound, outbound) bits/s."""
         total_in = total_out = 0.0
         for peer in list(self.peers.values()):
-            stats = [await pc.getStats() for _, pc in peer.pcs() if pc.connectionState == "connected"]
-            if not stats:
+            reports = {name: await pc.getStats() for name, pc in peer.pcs() if pc.connectionState == "connected"}
+            if not reports:
                 continue
+            now = time.monotonic()
+            up = uplink_quality(reports[PUBLISH].values(), peer.up, now=now) if PUBLISH in reports else None
+            down = downlink_quality(reports[SUBSCRIBE].values(), peer.down, now=now) if SUBSCRIBE in reports else None
+            spec = peer.spec
+            peer.quality = PeerQuality(
+                peer_id=spec.peer_id, user_id=spec.user_id, name=spec.name, hidden=spec.hidden, up=up, down=down
+            )
+            self.observer.peer_quality(session_id=self.session_id, quality=peer.quality)
             bytes_in = bytes_out = 0
-            for stat in (value for report in stats for value in report.values()):
+            for stat in (value for report in reports.values() for value in report.values()):
                 if stat.type == "transport":
                     bytes_in += stat.bytesReceived
                     bytes_out += stat.bytesSent
@@ -371,7 +384,6 @@ class Room:
                         if received + lost > 0:
                             self.observer.loss(kind=stat.kind, ratio=lost / (received + lost))
                     peer.lost_prev[stat.ssrc] = (stat.packetsReceived, stat.packetsLost)
-            now = time.monotonic()
             if peer.bytes_prev is not None:
                 elapsed = max(now - peer.bytes_prev[0], 1e-3)
                 rate_in = (bytes_in - peer.bytes_prev[1]) * 8 / elapsed
@@ -388,6 +400,10 @@ class Room:
                     self.observer.inbound_fps(fps=(video.frames - prev[1]) / (now - prev[0]))
                 peer.frames_prev["video"] = (now, video.frames)
         return total_in, total_out
+
+    def quality_snapshot(self) -> list[dict[str, Any]]:
+        """Every visible participant's legs as last collected: what stage pages show on each tile."""
+        return [p.quality.as_dict() for p in self.peers.values() if p.quality is not None and not p.spec.hidden]
 
     # --- helpers -----------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from django.conf import settings
 
 from sfu import SfuError
 from sfu.observer import RoomObserver
+from sfu.quality import PeerQuality
 from sfu.room import PeerSpec, Room
 
 from .. import metrics
@@ -28,6 +29,9 @@ log = logging.getLogger("classcast.media_node")
 
 class MetricsObserver(RoomObserver):
     """The SFU's measurements as this process's Prometheus metrics (`source="server"`)."""
+
+    def __init__(self) -> None:
+        self._participants: dict[str, tuple[str, str]] = {}  # peer id -> (session, participant) labels
 
     def call_setup(self, *, result: str) -> None:
         metrics.CALL_SETUPS.labels(result=result).inc()
@@ -49,6 +53,36 @@ class MetricsObserver(RoomObserver):
 
     def inbound_fps(self, *, fps: float) -> None:
         metrics.INBOUND_FPS.observe(fps)
+
+    def peer_quality(self, *, session_id: int, quality: PeerQuality) -> None:
+        who = f"user-{quality.user_id}" if quality.user_id is not None else f"service-{quality.name}"
+        labels = self._participants[quality.peer_id] = (str(session_id), who)
+        for direction, leg in (("up", quality.up), ("down", quality.down)):
+            if leg is None:
+                continue
+            if leg.loss is not None:
+                metrics.PARTICIPANT_LOSS.labels(*labels, direction).set(leg.loss)
+                metrics.LEG_LOSS.labels(direction).observe(leg.loss)
+            if leg.jitter_ms is not None:
+                metrics.PARTICIPANT_JITTER.labels(*labels, direction).set(leg.jitter_ms / 1000)
+            if leg.kbps is not None:
+                metrics.PARTICIPANT_BITRATE.labels(*labels, direction).set(leg.kbps * 1000)
+            if leg.rtt_ms is not None:
+                metrics.PARTICIPANT_RTT.labels(*labels).set(leg.rtt_ms / 1000)
+
+    def peer_left(self, *, session_id: int, peer_id: str) -> None:
+        labels = self._participants.pop(peer_id, None)
+        if labels is None:
+            return
+        for gauge, directions in (
+            (metrics.PARTICIPANT_LOSS, ("up", "down")), (metrics.PARTICIPANT_JITTER, ("up", "down")),
+            (metrics.PARTICIPANT_BITRATE, ("up", "down")), (metrics.PARTICIPANT_RTT, (None,)),
+        ):
+            for direction in directions:
+                try:
+                    gauge.remove(*labels, *([direction] if direction else []))
+                except KeyError:
+                    pass  # that figure was never measured for them
 
 
 METRICS_OBSERVER = MetricsObserver()
@@ -93,6 +127,7 @@ class MediaNode:
         ice_host_addresses_pin(settings.CLASSCAST_ICE_HOST_ADDRESSES)
         await self._heartbeat()
         beat = asyncio.ensure_future(self._heartbeat_loop())
+        stats = asyncio.ensure_future(self._stats_loop())
         log.info("media node started", extra={"node_id": self.node_id, "channel": self.channel})
         try:
             while not self._stopping.is_set():
@@ -102,6 +137,7 @@ class MediaNode:
                 await asyncio.sleep(0)  # let the task take its room's lock in arrival order
         finally:
             beat.cancel()
+            stats.cancel()
             for room in list(self.rooms.values()):
                 await room.close(reason="node_stopped")
             await database_sync_to_async(media_node_remove)(node_id=self.node_id)
@@ -172,6 +208,16 @@ class MediaNode:
             )
         return room
 
+    async def _quality_send(self, room: Room) -> None:
+        """Every stage member's page learns how each participant's links are doing (tile indicators)."""
+        snapshot = room.quality_snapshot()
+        if not snapshot:
+            return
+        message = {"type": "media.quality", "session_id": room.session_id, "participants": snapshot}
+        for peer_id, peer in list(room.peers.items()):
+            if not peer.spec.hidden:
+                await self.layer.send(peer_id, message)
+
     async def _error(self, channel: str, code: str, text: str) -> None:
         await self.layer.send(channel, {"type": "media.error", "code": code, "message": text})
 
@@ -194,16 +240,26 @@ class MediaNode:
             await asyncio.sleep(settings.CLASSCAST_MEDIA_NODE_HEARTBEAT_S)
             try:
                 await self._heartbeat()
+            except Exception:
+                log.exception("media node heartbeat failed")
+
+    async def _stats_loop(self) -> None:
+        """Every participant's legs, for /metrics and the stage pages' tile indicators: more often than
+        the database heartbeat, so a teacher sees a student's link go bad within a few seconds."""
+        while True:
+            await asyncio.sleep(settings.CLASSCAST_MEDIA_NODE_STATS_S)
+            try:
                 total_in = total_out = 0.0
                 for room in list(self.rooms.values()):
                     rate_in, rate_out = await room.stats_collect()
                     total_in += rate_in
                     total_out += rate_out
+                    await self._quality_send(room)
                 metrics.NODE_BITRATE_BPS.labels(direction="inbound").set(total_in)
                 metrics.NODE_BITRATE_BPS.labels(direction="outbound").set(total_out)
                 self._gauge_peers()
             except Exception:
-                log.exception("media node heartbeat failed")
+                log.exception("media node stats collection failed")
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

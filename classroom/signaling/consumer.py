@@ -425,6 +425,11 @@ class ClassConsumer(AsyncWebsocketConsumer):
         self.media = None
         await self._send({"type": "rtc.closed", "reason": event["reason"]})
 
+    async def media_quality(self, event: dict[str, Any]) -> None:
+        if self.media is None or self.media[1] != event.get("session_id"):
+            return
+        await self._send({"type": "rtc.quality", "participants": event["participants"]})
+
     async def media_error(self, event: dict[str, Any]) -> None:
         await self._error(event["code"], event["message"])
 

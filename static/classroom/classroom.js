@@ -16,6 +16,7 @@ const app = {
   members: [],
   remote: new Map(),     // user_id -> {name, tracks}
   quality: new Map(),
+  legs: new Map(), // user_id -> {up, down}: each participant's links as the media node sees them
   call: null,
   inCall: false,
   rtcStates: {},
@@ -90,6 +91,10 @@ function handle(msg) {
       break;
     case "rtc.offer":
       app.call.handleOffer(msg).catch((err) => banner(`Could not apply the media offer: ${err}`, "error"));
+      break;
+    case "rtc.quality":
+      app.legs = new Map(msg.participants.map((p) => [p.user_id, p]));
+      renderQuality();
       break;
     case "rtc.state":
       break; // the browser's own connection state is shown (see onState)
@@ -240,18 +245,31 @@ function attachMedia(tile, userId, isMe) {
   }
 }
 
+// A tile says how that person's media reaches you: their uplink as the media node sees it, and your
+// own downlink (your browser's getStats()); the worse of the two names whose link it is.
 function renderQuality() {
+  const myId = app.me && app.me.user_id;
+  const mine = app.legs.get(myId);
   for (const tile of $("stage-grid").children) {
     const isMe = tile.classList.contains("me");
-    const q = app.quality.get(isMe ? "me" : Number(tile.dataset.userId));
+    const userId = isMe ? myId : Number(tile.dataset.userId);
+    const q = app.quality.get(isMe ? "me" : userId);
+    const theirs = app.legs.get(userId);
     const span = tile.querySelector(".quality");
-    if (!q) { span.textContent = ""; span.className = "quality"; continue; }
-    const loss = q.packet_loss || 0;
-    const rtt = q.rtt_ms ?? 0;
-    const level = loss > 0.08 || rtt > 600 ? "poor" : loss > 0.02 || rtt > 300 ? "fair" : "good";
+    if (!q && !theirs) { span.textContent = ""; span.className = "quality"; continue; }
+    const up = (theirs && theirs.up) || {};
+    const down = (mine && mine.down) || {};
+    const legs = isMe
+      ? [["your connection", up.loss ?? 0, up.jitter_ms ?? 0], ["your connection", down.loss ?? 0, down.rtt_ms ?? 0]]
+      : [[`${theirs ? theirs.name.split(" ")[0] : "their"}'s connection`, up.loss ?? 0, up.jitter_ms ?? 0],
+         ["your connection", Math.max(q ? q.packet_loss || 0 : 0, down.loss ?? 0), q ? q.rtt_ms ?? 0 : down.rtt_ms ?? 0]];
+    const [whose, loss, delay] = legs.reduce((worst, leg) => (leg[1] > worst[1] || (leg[1] === worst[1] && leg[2] > worst[2]) ? leg : worst));
+    const level = loss > 0.08 || delay > 600 ? "poor" : loss > 0.02 || delay > 300 ? "fair" : "good";
+    const kbps = isMe ? up.kbps : q ? q.bitrate_bps / 1000 : up.kbps;
     span.className = `quality ${level}`;
-    span.title = `${level} connection`;
-    span.textContent = `● ${(q.bitrate_bps / 1e6).toFixed(2)} Mb/s · ${(loss * 100).toFixed(1)}% loss · ${Math.round(rtt)} ms`;
+    span.title = `${level}: ${whose}`;
+    span.textContent = `● ${kbps != null ? ((kbps || 0) / 1000).toFixed(2) : "–"} Mb/s · ${(loss * 100).toFixed(1)}% loss · ${Math.round(delay)} ms` +
+      (level === "good" ? "" : ` · ${whose}`);
   }
 }
 
