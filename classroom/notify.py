@@ -26,16 +26,20 @@ def _layer_call(call: Callable[[], Awaitable[Any]]) -> None:
     """Run a channel-layer coroutine from synchronous code. A thread whose event loop is running (a
     signal fired by ORM code called from async code, e.g. Playwright's sync API in tests) cannot use
     async_to_sync: that send runs to completion on a short-lived thread of its own instead."""
+
+    async def send() -> None:
+        await call()
+
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        async_to_sync(call)()
+        async_to_sync(send)()
         return
     failure: list[BaseException] = []
 
     def run() -> None:
         try:
-            asyncio.run(call())
+            asyncio.run(send())
         except BaseException as exc:  # re-raised in the caller's thread
             failure.append(exc)
 

@@ -188,7 +188,7 @@ def test_limits_count_per_ipv4_address_and_per_ipv6_64(peer, address):
     assert client_address(peer) == address
 
 
-def test_the_app_counts_and_logs_every_refused_connection(caplog):
+def test_the_app_counts_and_logs_every_refused_connection(caplog, db):  # db: /metrics collectors read it
     from prometheus_client import REGISTRY
 
     from classroom.services.ingest import ingest_events

@@ -33,6 +33,8 @@ from recorder.writer import (
     vp8_keyframe_size,
 )
 
+pytestmark = pytest.mark.once  # pure media: the deployment mode does not matter
+
 ROOT = Path(__file__).resolve().parent.parent
 VIDEO_STEP = 3000  # 90 kHz ticks per frame at 30 fps
 AUDIO_STEP = 960  # 48 kHz ticks per 20 ms Opus packet
@@ -313,8 +315,6 @@ import sys, time
 from pathlib import Path
 from recorder.writer import TrackWriter
 from tests.test_recorder_writer import encode_opus, encode_vp8
-
-pytestmark = pytest.mark.once  # pure media: the deployment mode does not matter
 
 out = Path(sys.argv[1])
 video, audio = encode_vp8(90), encode_opus(150)

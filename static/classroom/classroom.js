@@ -102,7 +102,7 @@ function handle(msg) {
       leaveCall(false);
       if (msg.reason === "removed") banner("The instructor took you off the stage.", "info");
       else if (msg.reason === "replaced") banner("You joined the stage from another tab.", "info");
-      else if (msg.reason === "connection_failed") banner("The media connection failed.", "error");
+      else if (msg.reason === "connection_failed" || msg.reason === "setup_timeout") rejoinSoon();
       break;
     case "error":
       app.lastError = msg;
@@ -342,8 +342,7 @@ async function joinCall() {
       badge.hidden = false;
       badge.textContent = `media: ${shown}`;
       badge.className = `badge subtle ${shown}`;
-      if (state === "failed") banner("The media connection failed; check your network.", "error");
-      else if (state === "disconnected") banner("Media connection interrupted; trying to recover…", "warn");
+      watchRecovery(shown);
     },
     onStats(quality) { app.quality = quality; renderQuality(); },
   });
@@ -367,11 +366,47 @@ async function joinCall() {
   renderStage();
 }
 
+// ---------- recovery: a broken media path re-joins by itself -------------------------------------
+// The media node (aiortc) has no ICE restart, so a connection whose path broke (network change, a long
+// outage) is replaced by a fresh join while the person stays on stage: no reload. The page says
+// "Reconnecting…" meanwhile and nothing once the call is back.
+const RECOVER_AFTER_DISCONNECTED_MS = 4000; // a blip recovers by itself; longer, and we re-join
+const recovery = { timer: null, watch: null, attempt: 0 };
+
+function watchRecovery(shown) {
+  if (shown === "connected") {
+    clearTimeout(recovery.watch);
+    recovery.watch = null;
+    if (recovery.attempt > 0) {
+      recovery.attempt = 0;
+      $("banner").hidden = true; // back: nothing more to say
+    }
+  } else if (shown === "failed") rejoinSoon();
+  else if (shown === "disconnected" && !recovery.watch) {
+    banner("Reconnecting…", "warn", true);
+    recovery.watch = setTimeout(() => { recovery.watch = null; rejoinSoon(); }, RECOVER_AFTER_DISCONNECTED_MS);
+  }
+}
+
+function rejoinSoon() {
+  if (recovery.timer || page === "watch") return;
+  const delay = recovery.attempt === 0 ? 0 : Math.min(8000, 1000 * 2 ** (recovery.attempt - 1));
+  recovery.attempt += 1;
+  banner("Reconnecting…", "warn", true);
+  recovery.timer = setTimeout(() => {
+    recovery.timer = null;
+    leaveCall(true);
+    syncCall(); // joins again if this person is still on stage
+  }, delay);
+}
+
 function leaveCall(tellServer) {
   if (!app.inCall) return;
   if (tellServer) send("rtc.leave");
   app.inCall = false;
   app.rtcStates = {};
+  clearTimeout(recovery.watch);
+  recovery.watch = null;
   if (app.call) app.call.stop();
   app.remote = new Map();
   $("rtc-status").hidden = true;
