@@ -186,11 +186,13 @@ class Program:
 
     def _add(self, destination: Destination) -> DestinationSink:
         rung = self.config.rendition(destination.rendition)  # ConfigError for a rung this program lacks
+        audio_key = destination.rendition if rung is not None and rung.audio_bitrate else ""
         self._destinations[destination.id] = destination
         sink = self._sinks[destination.id] = DestinationSink(
             destination,
             video_template=None if rung is not None and rung.audio_only else self._encoder.video_templates[destination.rendition],
-            audio_template=self._encoder.audio_template,
+            audio_template=self._encoder.audio_templates[audio_key],
+            audio_key=audio_key,
             queue_packets=self.config.sink_queue_packets,
         )
         return sink
