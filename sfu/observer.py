@@ -25,3 +25,7 @@ class RoomObserver:
 
     def inbound_fps(self, *, fps: float) -> None:
         """Frames per second of one publisher's video as it reaches the node."""
+
+    def layer(self, *, session_id: int, subscriber: str, publisher: str, layer: str | None, height: int) -> None:
+        """The video layer `subscriber` now gets of `publisher` (its nominal height); `layer` None: it no
+        longer gets any (left, or the publisher did)."""

@@ -17,6 +17,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from sfu import SfuError
+from sfu.layers import layers_parse
 from sfu.observer import RoomObserver
 from sfu.room import PeerSpec, Room
 
@@ -49,6 +50,16 @@ class MetricsObserver(RoomObserver):
 
     def inbound_fps(self, *, fps: float) -> None:
         metrics.INBOUND_FPS.observe(fps)
+
+    def layer(self, *, session_id: int, subscriber: str, publisher: str, layer: str | None, height: int) -> None:
+        labels = (str(session_id), subscriber, publisher)
+        if layer is None:
+            try:
+                metrics.STAGE_LAYER.remove(*labels)
+            except KeyError:
+                pass  # never had one
+        else:
+            metrics.STAGE_LAYER.labels(*labels).set(height)
 
 
 METRICS_OBSERVER = MetricsObserver()
@@ -130,6 +141,7 @@ class MediaNode:
                             publish=bool(message.get("publish")),
                             hidden=bool(message.get("hidden")),
                             muted=tuple(k for k in message.get("muted", ()) if k in ("audio", "video")),
+                            max_height=message.get("max_height"),
                         )
                     )
                 elif kind == "media.answer":
@@ -168,7 +180,7 @@ class MediaNode:
             room = self.rooms[session_id] = Room(
                 session_id=session_id, rtc_config=self.rtc_config, send=self.layer.send,
                 video_codec=settings.CLASSCAST_VIDEO_CODEC, udp_receive_buffer=settings.CLASSCAST_UDP_RECEIVE_BUFFER,
-                observer=METRICS_OBSERVER,
+                observer=METRICS_OBSERVER, layers=layers_parse(settings.CLASSCAST_STAGE_LAYERS),
             )
         return room
 

@@ -65,23 +65,31 @@ export class StageCall {
     return pc;
   }
 
-  async handleOffer({ pc: name, sdp, tracks }) {
+  async handleOffer({ pc: name, sdp, tracks, layers }) {
     if (!sdp) return; // joined, nothing to receive yet
     if (name === "publish") {
       const pub = this.pub = this.pub || this.newPc("publish");
       await Promise.all([pub.setRemoteDescription({ type: "offer", sdp }), this.localReady]);
       if (this.pub !== pub) return; // the call ended meanwhile
+      // The node offers one video m-line per layer (`layers`: mid -> how to encode it): the same
+      // camera goes on each, scaled down, so every subscriber can be sent what its link carries.
+      const encoded = [];
       for (const t of pub.getTransceivers()) {
-        const track = this.local && this.local.getTracks().find((x) => x.kind === t.receiver.track.kind);
-        if (track) {
+        const kind = t.receiver.track.kind;
+        const layer = layers && kind === "video" ? layers[t.mid] : undefined;
+        const track = this.local && this.local.getTracks().find((x) => x.kind === kind);
+        if (track && (kind !== "video" || !layers || layer)) {
           await t.sender.replaceTrack(track);
           t.direction = "sendonly";
+          if (layer) encoded.push([t.sender, layer]);
         } else {
           t.direction = "inactive";
         }
       }
       await pub.setLocalDescription(await pub.createAnswer());
       this.send("rtc.answer", { pc: "publish", sdp: pub.localDescription.sdp });
+      // After the answer: a sender has its encoding to change only once negotiated.
+      await Promise.all(encoded.map(([sender, layer]) => this.encodeLayer(sender, layer)));
       return;
     }
     this.sub = this.sub || this.newPc("subscribe");
@@ -90,6 +98,21 @@ export class StageCall {
     this.send("rtc.answer", { pc: "subscribe", sdp: this.sub.localDescription.sdp });
     this.tracks = tracks || {};
     this.onRemote(this.remoteStreams());
+  }
+
+  async encodeLayer(sender, layer) {
+    const params = sender.getParameters();
+    if (!params.encodings || !params.encodings.length) params.encodings = [{}];
+    Object.assign(params.encodings[0], {
+      scaleResolutionDownBy: layer.scale_down_by,
+      maxBitrate: layer.max_bitrate_bps,
+      maxFramerate: layer.max_fps,
+    });
+    try {
+      await sender.setParameters(params);
+    } catch (err) { // the layer still goes out, unscaled: the node measures what it gets
+      console.warn(`layer ${layer.layer}: setParameters failed`, err);
+    }
   }
 
   remoteStreams() {
