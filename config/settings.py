@@ -285,9 +285,10 @@ CLASSCAST_PROGRAM_AUDIO_BITRATE = env_int("CLASSCAST_PROGRAM_AUDIO_BITRATE", 128
 CLASSCAST_X264_PRESET = env_str("CLASSCAST_X264_PRESET", "veryfast")
 # HLS quality ladder, top (the program) first: '<height>p[:<bitrate>]' video rungs and 'audio' (AAC only),
 # each encoded once by the compositor and published as its own stream; one rung = no ladder.
-CLASSCAST_HLS_LADDER = env_str("CLASSCAST_HLS_LADDER", "720p,360p,audio")
-# Admission control: cost units one worker host takes (a 1280x720@30 program costs 1.0, 1.25 with a 360p rung).
-CLASSCAST_EGRESS_CAPACITY = float(env_str("CLASSCAST_EGRESS_CAPACITY", "2.5"))
+CLASSCAST_HLS_LADDER = env_str("CLASSCAST_HLS_LADDER", "720p,360p,180p:120k:48k,audio")
+# Admission control: cost units one worker host takes (a 1280x720@30 program costs 1.0, 1.31 with the default
+# ladder: two such programs per host).
+CLASSCAST_EGRESS_CAPACITY = float(env_str("CLASSCAST_EGRESS_CAPACITY", "2.7"))
 # Where egress workers reach the class sockets (they join like a browser does).
 CLASSCAST_SIGNALING_URL = env_str("CLASSCAST_SIGNALING_URL", "ws://127.0.0.1:8000")
 CLASSCAST_BROADCAST_HEARTBEAT_S = float(env_str("CLASSCAST_BROADCAST_HEARTBEAT_S", "1.0"))

@@ -115,3 +115,11 @@ def test_an_audio_only_rung_cuts_on_the_video_rungs_grid_without_drift():
     cutter.begin(2.005)
     assert not cutter.should_cut(3.99, keyframe=True, on_grid=True)
     assert cutter.should_cut(4.0, keyframe=True, on_grid=True)  # 4.0, not 2.005 + 2: no drift
+
+
+def test_the_default_setting_has_a_rung_for_a_300_kbit_link(settings):
+    rungs = ladder_parse(settings.CLASSCAST_HLS_LADDER, width=1280, height=720, fps=30, video_bitrate=2_500_000,
+                         audio_bitrate=128_000)
+    video = [r for r in ladder_renditions(rungs) if not r.audio_only]
+    # hls.js plays video rungs only (it drops audio-only variants): its lowest must fit a 300 kbit/s link
+    assert rungs[0].name == "720p" and min(r.bandwidth for r in video) < 300_000
