@@ -272,16 +272,15 @@ class Program:
             now=now,
         )
         packets = self._encoder.encode_video(frame, pts=tick, keyframe=keyframe)
+        self._fan_out(packets)  # the program first: its destinations do not wait for the lower rungs
         for name, (rung, scaler) in self._scalers.items():
             scaled = scaler.reformat(frame, width=rung.width, height=rung.height, interpolation="BILINEAR")
-            rung_packets = self._encoder.encode_video(scaled, pts=tick, keyframe=keyframe, rendition=name)
-            self._fan_out(rung_packets)
+            self._fan_out(self._encoder.encode_video(scaled, pts=tick, keyframe=keyframe, rendition=name))
         done = self._clock()
         with self._lock:
             self.frames_out += 1
             self._out_times.append(done)
             self._video_bytes.append((done, sum(len(p.data) for p in packets)))
-        self._fan_out(packets)
 
     def _fan_out(self, packets: list[EncodedPacket]) -> None:
         if not packets:
