@@ -17,6 +17,7 @@ export class StageCall {
     this.sub = null;
     this.iceServers = [];
     this.local = null;
+    this.clones = []; // the camera once more per extra layer
     this.localReady = Promise.resolve({ ok: false });
     this.generation = 0;
     this.tracks = {};
@@ -71,13 +72,23 @@ export class StageCall {
       const pub = this.pub = this.pub || this.newPc("publish");
       await Promise.all([pub.setRemoteDescription({ type: "offer", sdp }), this.localReady]);
       if (this.pub !== pub) return; // the call ended meanwhile
-      // The node offers one video m-line per layer (`layers`: mid -> how to encode it): the same
-      // camera goes on each, scaled down, so every subscriber can be sent what its link carries.
+      // The node offers one video m-line per layer (`layers`: mid -> how to encode it): the camera
+      // goes on each, scaled down, so every subscriber can be sent what its link carries. A clone per
+      // extra layer: Chromium serves all senders of one track at the lowest frame rate and size any of
+      // them asks for (a 15 fps layer would make every layer 15 fps).
       const encoded = [];
+      let cameraUsed = false;
       for (const t of pub.getTransceivers()) {
         const kind = t.receiver.track.kind;
         const layer = layers && kind === "video" ? layers[t.mid] : undefined;
-        const track = this.local && this.local.getTracks().find((x) => x.kind === kind);
+        let track = this.local && this.local.getTracks().find((x) => x.kind === kind);
+        if (track && layer) {
+          if (cameraUsed) {
+            track = track.clone();
+            this.clones.push(track);
+          }
+          cameraUsed = true;
+        }
         if (track && (kind !== "video" || !layers || layer)) {
           await t.sender.replaceTrack(track);
           t.direction = "sendonly";
@@ -191,7 +202,7 @@ export class StageCall {
 
   setEnabled(kind, enabled) {
     if (!this.local) return;
-    for (const t of this.local.getTracks()) if (t.kind === kind) t.enabled = enabled;
+    for (const t of [...this.local.getTracks(), ...this.clones]) if (t.kind === kind) t.enabled = enabled;
   }
 
   closePc() {
@@ -200,6 +211,8 @@ export class StageCall {
     for (const pc of [this.pub, this.sub]) if (pc) pc.close();
     this.pub = null;
     this.sub = null;
+    for (const t of this.clones) t.stop(); // the next publish connection clones anew
+    this.clones = [];
     this.tracks = {};
     this.prev.clear();
   }
