@@ -13,6 +13,7 @@ import av
 import numpy as np
 import pytest
 from aiortc.mediastreams import VideoStreamTrack
+from aiortc.rtp import RtcpRrPacket
 
 from rtc.encoded_tap import receiver_remb_rewrite, receiver_tap
 from rtc.keyframes import is_keyframe
@@ -158,6 +159,41 @@ async def test_each_subscriber_gets_the_layer_its_link_carries_switching_on_keyf
     assert all(kw["layer"] is None for kw in observer.layers[-4:])
 
 
+def lossy_link(fraction_lost: float, remb: int):
+    """on_subscribe_offer: this client's receiver reports say it lost `fraction_lost` of our packets."""
+
+    def on_offer(pc) -> None:
+        for transceiver in pc.getTransceivers():
+            if transceiver.kind != "video" or getattr(transceiver.receiver, "_lossy", False):
+                continue
+            receiver = transceiver.receiver
+            receiver_remb_rewrite(receiver, rewrite=lambda bps: remb)
+            original = receiver._send_rtcp  # noqa: SLF001 - the RTCP this receiver sends
+
+            async def send(packet, original=original):
+                if isinstance(packet, RtcpRrPacket):
+                    for report in packet.reports:
+                        report.fraction_lost = int(fraction_lost * 256)
+                await original(packet)
+
+            receiver._send_rtcp = send  # noqa: SLF001
+            receiver._lossy = True  # noqa: SLF001
+
+    return on_offer
+
+
+async def test_heavy_loss_brings_a_subscriber_down_whatever_its_remb_says(layered_room):
+    room, clients, _ = layered_room
+    streams = [noisy_vp8(w, h, bps) for w, h, bps in SIZES]
+    try:
+        await join(room, clients, "pub", 1, make_track=layered_publisher(streams))
+        lossy = await join(room, clients, "lossy", 2, publish=False, on_subscribe_offer=lossy_link(0.3, 5_000_000))
+        sizes = await decoded_sizes(lossy, 1, lambda s: (160, 90) in s)
+        assert (640, 360) not in sizes
+    finally:
+        await close_all(room, clients)
+
+
 async def test_a_publisher_sending_one_video_still_reaches_everyone(layered_room):
     room, clients, _ = layered_room
     videos = iter([VideoStreamTrack()])  # an older page: the camera on the first video m-line only
@@ -168,3 +204,17 @@ async def test_a_publisher_sending_one_video_still_reaches_everyone(layered_room
         assert set(sizes) == {(640, 480)}
     finally:
         await close_all(room, clients)
+
+
+def test_the_media_node_gauges_the_layer_each_subscriber_gets_until_it_goes():
+    from prometheus_client import REGISTRY
+
+    from classroom.media_node.node import MetricsObserver
+
+    labels = {"session_id": "9", "subscriber": "2", "publisher": "1"}
+    observer = MetricsObserver()
+    observer.layer(session_id=9, subscriber="2", publisher="1", layer="h", height=180)
+    assert REGISTRY.get_sample_value("classcast_stage_layer_height", labels) == 180
+    observer.layer(session_id=9, subscriber="2", publisher="1", layer=None, height=0)
+    assert REGISTRY.get_sample_value("classcast_stage_layer_height", labels) is None
+    observer.layer(session_id=9, subscriber="2", publisher="1", layer=None, height=0)  # twice is fine
