@@ -1,7 +1,8 @@
 """The seams into aiortc (1.16, pinned) that forwarding and recording need, all in this one module.
 
 1. Receiver: encoded frames on their way to the decoder (`receiver_tap`).
-2. Receiver: RTCP it sends - the REMB it tells the publisher is capped (`receiver_remb_cap`).
+2. Receiver: RTCP it sends - the REMB it tells the publisher is capped or rewritten (`receiver_remb_cap`,
+   `receiver_remb_rewrite`: a publisher sending several layers hears one total from all of them).
 3. Receiver: its receive-side bandwidth estimate, which an egress subscriber does not need
    (`receiver_estimator_off`).
 4. Sender: RTCP it receives - keyframe requests, REMB and receiver reports' loss reach us

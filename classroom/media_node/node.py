@@ -94,6 +94,7 @@ class MediaNode:
         self.layer = get_channel_layer()
         self.rooms: dict[int, Room] = {}
         self.rtc_config = rtc_configuration()
+        self.stage_layers = layers_parse(settings.CLASSCAST_STAGE_LAYERS)  # a bad setting fails here, at start
         self._stopping = asyncio.Event()
 
     @property
@@ -180,7 +181,7 @@ class MediaNode:
             room = self.rooms[session_id] = Room(
                 session_id=session_id, rtc_config=self.rtc_config, send=self.layer.send,
                 video_codec=settings.CLASSCAST_VIDEO_CODEC, udp_receive_buffer=settings.CLASSCAST_UDP_RECEIVE_BUFFER,
-                observer=METRICS_OBSERVER, layers=layers_parse(settings.CLASSCAST_STAGE_LAYERS),
+                observer=METRICS_OBSERVER, layers=self.stage_layers,
             )
         return room
 
