@@ -311,6 +311,7 @@ class ForwardTrack(MediaStreamTrack):
             if self.source is not None:
                 self.source.detach(self)
             self.source = track
+            self._epoch += 1  # frames still queued from the old layer keep their own offset
             track.attach(self)
             track.request_keyframe()
             self._layer_changed()
