@@ -334,8 +334,9 @@ class ForwardTrack(MediaStreamTrack):
             self.on_layer(name)
 
     def feedback_remb(self, bitrate_bps: int) -> None:
-        """This subscriber's REMB (its whole connection's estimate) for our sender."""
-        self.remb(bitrate_bps)
+        """This subscriber's REMB (its whole connection's estimate) for our sender; its publisher's cap
+        hears this track's share of it."""
+        self.remb(bitrate_bps // max(1, self.share()))
         self.link.on_remb(time.monotonic(), bitrate_bps)
         self.adapt(time.monotonic())
 

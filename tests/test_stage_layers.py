@@ -184,3 +184,15 @@ async def test_each_layers_publisher_cap_hears_only_its_own_subscribers():
     assert layers.remb_for(0, 3_000_000) == 2_000_000
     assert layers.remb_for(1, 400_000) == 2_400_000
     assert layers.remb_for(2, 500_000) == 2_600_000
+
+
+async def test_a_subscriber_receiving_several_publishers_caps_each_with_its_share():
+    """Chromium's REMB is its whole connection's: two video tracks each get half of it."""
+    tracks = [PublishedTrack("video", request_keyframe=lambda: None) for _ in "fhq"]
+    out = ForwardTrack("video")
+    out.share = lambda: 2
+    out.switch(PublishedLayers(DEFAULT_LAYERS, tracks))
+    out.feedback_remb(1_000_000)
+    assert out.source.remb_cap() == 500_000
+    assert out.link.bps(out.link.remb_at) == 1_000_000  # the chooser divides it itself
+    out.stop()
