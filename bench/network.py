@@ -381,6 +381,7 @@ ROWS: list[tuple[str, str, str]] = [  # (label, FlowFigures attribute, format)
     ("frozen s", "frozen_s", "{:.1f}"),
     ("resolution (median)", "resolution", "{}"),
     ("kbit/s received", "kbps", "{:.0f}"),
+    ("  of which retransmitted", "rtx_kbps", "{:.0f}"),
     ("audio concealed %", "concealed_pct", "{:.1f}"),
     ("audio FEC packets", "fec_packets", "{:d}"),
     ("video packets lost", "video_lost_packets", "{:d}"),
@@ -417,7 +418,7 @@ def flow_json(fig: FlowFigures | None) -> dict[str, Any] | None:
     return {
         "fps": round(d["fps"], 2), "longest_freeze_s": round(d["longest_freeze_s"], 2),
         "frozen_s": round(d["frozen_s"], 2), "freezes": d["freezes"], "resolution": f"{d['width']}x{d['height']}",
-        "kbps": round(d["kbps"], 1), "audio_kbps": round(d["audio_kbps"], 1),
+        "kbps": round(d["kbps"], 1), "rtx_kbps": round(d["rtx_kbps"], 1), "audio_kbps": round(d["audio_kbps"], 1),
         "concealed_pct": None if d["concealed_pct"] is None else round(d["concealed_pct"], 2),
         "fec_packets": d["fec_packets"], "video_lost_packets": d["video_lost_packets"],
         "browser_freeze_count": d["browser_freeze_count"], "browser_frozen_s": round(d["browser_frozen_s"], 2),

@@ -48,6 +48,11 @@ LEG_LOSS = Histogram(
     buckets=_RATIO_BUCKETS,
 )
 NODE_BITRATE_BPS = Gauge("classcast_media_node_bitrate_bps", "Total media bitrate of this node", ["direction"])
+# Bounded: one series per stage member and what they receive, removed when either leaves.
+STAGE_LAYER = Gauge(
+    "classcast_stage_layer_height", "Nominal height of the video layer a subscriber gets of a publisher",
+    ["session_id", "subscriber", "publisher"],
+)
 INBOUND_FPS = Histogram(
     "classcast_inbound_fps", "Frames per second received from each publisher", buckets=(1, 5, 10, 15, 20, 25, 30, 60)
 )

@@ -18,17 +18,22 @@ class ConfigError(CompositorError):
 @dataclass(frozen=True)
 class RenditionConfig:
     """A lower rung of the HLS quality ladder: the composed program scaled to `width`x`height` and
-    encoded once more (same frame rate, same keyframe ticks, the same AAC). `width == 0`: audio only."""
+    encoded once more (same frame rate, same keyframe ticks). `width == 0`: audio only. Its audio is the
+    program's AAC, or with `audio_bitrate` an AAC of its own (of the same mix): a low rung for a weak link
+    cannot carry 128 kbit/s of audio."""
 
     name: str
     width: int = 0
     height: int = 0
     video_bitrate: int = 0
     h264_level: str = ""  # "" lets x264 choose; the ladder's CODECS attribute names the level it sets
+    audio_bitrate: int = 0  # 0: the program's AAC
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ConfigError("a rendition needs a name")
+        if self.audio_bitrate < 0:
+            raise ConfigError(f"rendition {self.name!r}: audio bitrate must not be negative")
         if self.audio_only:
             return
         if self.width <= 0 or self.height <= 0 or self.width % 2 or self.height % 2:

@@ -1,5 +1,6 @@
 """Encode once: H.264 (libx264) and AAC, into packets every sink muxes as they are; with a quality ladder,
-one more libx264 encoder per lower video rung (the AAC is shared by every rung).
+one more libx264 encoder per lower video rung, and one more AAC encoder (of the same mix) for a rung
+that asks for its own audio bitrate; the others share the program's AAC.
 
 The encoders live as streams of a `null` muxer container that never receives a packet: its streams,
 once opened, carry the codec parameters (SPS/PPS and AudioSpecificConfig as extradata, global header)
@@ -34,7 +35,7 @@ class EncodedPacket:
     duration: int
     time_base: Fraction
     is_keyframe: bool
-    rendition: str = ""  # the ladder rung of a video packet ("": the program); audio goes to every rung
+    rendition: str = ""  # the rung whose encoder made it ("": the program's; its AAC serves every rung without its own)
 
     def to_av(self, stream: av.stream.Stream) -> av.Packet:
         packet = av.Packet(self.data)
@@ -79,16 +80,15 @@ class ProgramEncoder:
                 )
                 for r in config.renditions if not r.audio_only
             }
-            audio = self._container.add_stream("aac", rate=config.sample_rate, layout="stereo")
-            audio.codec_context.bit_rate = config.audio_bitrate
-            audio.codec_context.flags |= Flags.global_header
-            audio.time_base = self.audio_time_base
+            audio = self._add_audio(config.audio_bitrate)
+            own_audio = {r.name: self._add_audio(r.audio_bitrate) for r in config.renditions if r.audio_bitrate}
             self._container.start_encoding()  # opens both encoders; their parameters land in the streams
         except (av.FFmpegError, ValueError) as exc:
             self._container.close()
             raise EncoderError(f"cannot open the program encoders: {exc}") from exc
         self.video_template = video
         self.audio_template = audio
+        self.audio_templates: dict[str, av.audio.stream.AudioStream] = {"": audio, **own_audio}
         # every video encoder by rung ("": the program)
         self.video_templates: dict[str, av.video.stream.VideoStream] = {"": video, **rungs}
         self.keyframes_by_rendition = dict.fromkeys(self.video_templates, 0)
@@ -107,6 +107,13 @@ class ProgramEncoder:
         video.codec_context.flags |= Flags.global_header  # extradata for FLV/MP4, not in-band
         return video
 
+    def _add_audio(self, bit_rate: int) -> av.audio.stream.AudioStream:
+        audio = self._container.add_stream("aac", rate=self.config.sample_rate, layout="stereo")
+        audio.codec_context.bit_rate = bit_rate
+        audio.codec_context.flags |= Flags.global_header
+        audio.time_base = self.audio_time_base
+        return audio
+
     def encode_video(
         self, frame: av.VideoFrame, *, pts: int, keyframe: bool = False, rendition: str = ""
     ) -> list[EncodedPacket]:
@@ -118,13 +125,18 @@ class ProgramEncoder:
     def encode_audio(self, samples: np.ndarray, *, pts: int) -> list[EncodedPacket]:
         frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, np.float32), format="fltp", layout="stereo")
         frame.sample_rate, frame.pts, frame.time_base = self.config.sample_rate, pts, self.audio_time_base
-        return self._wrap("audio", self.audio_template.encode(frame))
+        out = []
+        for name, template in self.audio_templates.items():  # one mix, each AAC bitrate encoded once
+            out += self._wrap("audio", template.encode(frame), name)
+        return out
 
     def flush(self) -> list[EncodedPacket]:
         out = []
         for name, template in self.video_templates.items():
             out += self._wrap("video", template.encode(None), name)
-        return out + self._wrap("audio", self.audio_template.encode(None))
+        for name, template in self.audio_templates.items():
+            out += self._wrap("audio", template.encode(None), name)
+        return out
 
     def close(self) -> None:
         self._container.close()

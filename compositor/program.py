@@ -186,11 +186,13 @@ class Program:
 
     def _add(self, destination: Destination) -> DestinationSink:
         rung = self.config.rendition(destination.rendition)  # ConfigError for a rung this program lacks
+        audio_key = destination.rendition if rung is not None and rung.audio_bitrate else ""
         self._destinations[destination.id] = destination
         sink = self._sinks[destination.id] = DestinationSink(
             destination,
             video_template=None if rung is not None and rung.audio_only else self._encoder.video_templates[destination.rendition],
-            audio_template=self._encoder.audio_template,
+            audio_template=self._encoder.audio_templates[audio_key],
+            audio_key=audio_key,
             queue_packets=self.config.sink_queue_packets,
         )
         return sink
@@ -270,16 +272,15 @@ class Program:
             now=now,
         )
         packets = self._encoder.encode_video(frame, pts=tick, keyframe=keyframe)
+        self._fan_out(packets)  # the program first: its destinations do not wait for the lower rungs
         for name, (rung, scaler) in self._scalers.items():
             scaled = scaler.reformat(frame, width=rung.width, height=rung.height, interpolation="BILINEAR")
-            rung_packets = self._encoder.encode_video(scaled, pts=tick, keyframe=keyframe, rendition=name)
-            self._fan_out(rung_packets)
+            self._fan_out(self._encoder.encode_video(scaled, pts=tick, keyframe=keyframe, rendition=name))
         done = self._clock()
         with self._lock:
             self.frames_out += 1
             self._out_times.append(done)
             self._video_bytes.append((done, sum(len(p.data) for p in packets)))
-        self._fan_out(packets)
 
     def _fan_out(self, packets: list[EncodedPacket]) -> None:
         if not packets:

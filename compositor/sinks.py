@@ -90,11 +90,13 @@ class DestinationSink:
         video_template: av.video.stream.VideoStream | None,
         audio_template: av.audio.stream.AudioStream,
         queue_packets: int = 512,
+        audio_key: str = "",
         backoff_s: tuple[float, float] = (0.5, 10.0),
         drain_s: float = 5.0,
     ) -> None:
         self.destination = destination
         self._templates = (video_template, audio_template)
+        self._audio_key = audio_key  # whose AAC it carries: "" the program's, else its rung's own
         self._queue: queue.Queue[EncodedPacket] = queue.Queue(maxsize=queue_packets)
         self.backoff_s = backoff_s
         self.drain_s = drain_s
@@ -117,9 +119,9 @@ class DestinationSink:
         self._thread.start()
 
     def wants(self, packet: EncodedPacket) -> bool:
-        """Audio goes to every rung; video only to the sink of its rung (an audio-only sink takes none)."""
+        """The AAC it carries (the program's, or its rung's own) and the video of its rung (none for audio only)."""
         if packet.kind == "audio":
-            return True
+            return packet.rendition == self._audio_key
         return self._templates[0] is not None and packet.rendition == self.destination.rendition
 
     def _starts_stream(self, packet: EncodedPacket) -> bool:

@@ -255,6 +255,10 @@ CLASSCAST_STAGE_LIMIT = env_int("CLASSCAST_STAGE_LIMIT", 9)
 # The video codec every stage connection negotiates: the node forwards frames as they are, so all
 # publishers and subscribers share one. vp8 (every browser) or h264.
 CLASSCAST_VIDEO_CODEC = env_str("CLASSCAST_VIDEO_CODEC", "vp8")
+# The stage's video layers, highest first, `name:height:scale_down_by:max_bps:max_fps` (sfu/layers.py):
+# each publisher sends its camera once per layer, each subscriber gets the one its link carries.
+# One entry turns layering off.
+CLASSCAST_STAGE_LAYERS = env_str("CLASSCAST_STAGE_LAYERS", "f:360:1:1200000:30,h:180:2:250000:30,q:90:4:100000:15")
 # Service tokens (egress workers joining as hidden subscribers).
 CLASSCAST_SERVICE_TOKEN_TTL_S = env_int("CLASSCAST_SERVICE_TOKEN_TTL_S", 300)
 # /metrics is open unless a bearer token is set (scrape it from the internal network).
@@ -283,9 +287,10 @@ CLASSCAST_PROGRAM_AUDIO_BITRATE = env_int("CLASSCAST_PROGRAM_AUDIO_BITRATE", 128
 CLASSCAST_X264_PRESET = env_str("CLASSCAST_X264_PRESET", "veryfast")
 # HLS quality ladder, top (the program) first: '<height>p[:<bitrate>]' video rungs and 'audio' (AAC only),
 # each encoded once by the compositor and published as its own stream; one rung = no ladder.
-CLASSCAST_HLS_LADDER = env_str("CLASSCAST_HLS_LADDER", "720p,360p,audio")
-# Admission control: cost units one worker host takes (a 1280x720@30 program costs 1.0, 1.25 with a 360p rung).
-CLASSCAST_EGRESS_CAPACITY = float(env_str("CLASSCAST_EGRESS_CAPACITY", "2.5"))
+CLASSCAST_HLS_LADDER = env_str("CLASSCAST_HLS_LADDER", "720p,360p,180p:120k:48k,audio")
+# Admission control: cost units one worker host takes (a 1280x720@30 program costs 1.0, 1.31 with the default
+# ladder: two such programs per host).
+CLASSCAST_EGRESS_CAPACITY = float(env_str("CLASSCAST_EGRESS_CAPACITY", "2.7"))
 # Where egress workers reach the class sockets (they join like a browser does).
 CLASSCAST_SIGNALING_URL = env_str("CLASSCAST_SIGNALING_URL", "ws://127.0.0.1:8000")
 CLASSCAST_BROADCAST_HEARTBEAT_S = float(env_str("CLASSCAST_BROADCAST_HEARTBEAT_S", "1.0"))

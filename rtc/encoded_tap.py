@@ -1,11 +1,13 @@
 """The seams into aiortc (1.16, pinned) that forwarding and recording need, all in this one module.
 
 1. Receiver: encoded frames on their way to the decoder (`receiver_tap`).
-2. Receiver: RTCP it sends - the REMB it tells the publisher is capped (`receiver_remb_cap`).
+2. Receiver: RTCP it sends - the REMB it tells the publisher is capped or rewritten (`receiver_remb_cap`,
+   `receiver_remb_rewrite`: a publisher sending several layers hears one total from all of them).
 3. Receiver: its receive-side bandwidth estimate, which an egress subscriber does not need
    (`receiver_estimator_off`).
-4. Sender: RTCP it receives - keyframe requests and REMB reach us (`sender_feedback_tap`); aiortc
-   would only act on them for frames it encodes itself, and a forwarding sender encodes nothing.
+4. Sender: RTCP it receives - keyframe requests, REMB and receiver reports' loss reach us
+   (`sender_feedback_tap`); aiortc would only act on them for frames it encodes itself, and a
+   forwarding sender encodes nothing.
 5. ICE: the receive buffer of a peer connection's UDP sockets (`ice_receive_buffer`), which aioice
    leaves at the kernel default.
 6. Receiver: audio packets straight to the tap as they arrive (`receiver_audio_passthrough`), instead
@@ -36,7 +38,16 @@ from typing import Any, Callable
 
 from aiortc.codecs import CODECS
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
-from aiortc.rtp import RTCP_PSFB_APP, RTCP_PSFB_FIR, RTCP_PSFB_PLI, RtcpPsfbPacket, pack_remb_fci, unpack_remb_fci
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpSrPacket,
+    pack_remb_fci,
+    unpack_remb_fci,
+)
 
 from . import RtcError
 from .keyframes import is_keyframe
@@ -153,10 +164,11 @@ async def receiver_request_keyframe(receiver: Any) -> bool:
 
 
 def sender_feedback_tap(
-    sender: Any, *, on_keyframe_request: Callable[[], None], on_remb: Callable[[int], None]
+    sender: Any, *, on_keyframe_request: Callable[[], None], on_remb: Callable[[int], None],
+    on_loss: Callable[[float], None] | None = None,
 ) -> None:
-    """Take this sender's incoming PLI/FIR and REMB for ourselves (everything else - receiver reports,
-    NACKs answered from its packet history - stays aiortc's). Idempotent."""
+    """Take this sender's incoming PLI/FIR and REMB for ourselves, and hear the fraction lost its
+    receiver reports give (they, and NACKs answered from its packet history, stay aiortc's too). Idempotent."""
     original = getattr(sender, "_handle_rtcp_packet", None)
     if original is None or not hasattr(sender, "_ssrc"):
         raise TapError("aiortc's RTCRtpSender has no RTCP handler to tap; check the pinned aiortc version")
@@ -175,6 +187,10 @@ def sender_feedback_tap(
             if sender._ssrc in ssrcs:  # noqa: SLF001 - part of this seam
                 on_remb(bitrate)
             return
+        if on_loss is not None and isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for report in packet.reports:
+                if report.ssrc == sender._ssrc:  # noqa: SLF001
+                    on_loss(report.fraction_lost / 256)
         await original(packet)
 
     sender._handle_rtcp_packet = handle  # noqa: SLF001
@@ -184,6 +200,16 @@ def sender_feedback_tap(
 def receiver_remb_cap(receiver: Any, *, cap: Callable[[], int | None]) -> None:
     """The REMB this receiver sends its publisher says at most `cap()` bits/s (None: no cap), so the
     publisher's encoder follows the weakest subscriber as well as this node's own link. Idempotent."""
+
+    def rewrite(bitrate: int) -> int:
+        limit = cap()
+        return limit if limit is not None and limit < bitrate else bitrate
+
+    receiver_remb_rewrite(receiver, rewrite=rewrite)
+
+
+def receiver_remb_rewrite(receiver: Any, *, rewrite: Callable[[int], int]) -> None:
+    """The REMB this receiver sends its publisher says `rewrite(its own estimate)` bits/s. Idempotent."""
     original = getattr(receiver, "_send_rtcp", None)
     if original is None:
         raise TapError("aiortc's RTCRtpReceiver has no RTCP sender to tap; check the pinned aiortc version")
@@ -196,10 +222,10 @@ def receiver_remb_cap(receiver: Any, *, cap: Callable[[], int | None]) -> None:
                 bitrate, ssrcs = unpack_remb_fci(packet.fci)
             except ValueError:
                 bitrate, ssrcs = 0, []
-            limit = cap()
-            if ssrcs and limit is not None and limit < bitrate:
+            told = rewrite(bitrate) if ssrcs else bitrate
+            if told != bitrate:
                 packet = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=packet.ssrc, media_ssrc=packet.media_ssrc,
-                                        fci=pack_remb_fci(limit, ssrcs))
+                                        fci=pack_remb_fci(told, ssrcs))
         await original(packet)
 
     receiver._send_rtcp = send  # noqa: SLF001

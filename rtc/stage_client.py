@@ -36,6 +36,8 @@ class StageClientConfig:
     # Frames a track's decoder may have waiting before the oldest go (video: up to the next keyframe,
     # which is asked for): a starved decoder then shows the stage late by half a second, not by seconds.
     decoder_backlog_frames: int = 15
+    # The stage's video layer to receive: the highest no taller than this (None: the highest there is).
+    max_height: int | None = None
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,7 @@ class StageSubscriber:
         kind = msg.get("type")
         if kind == "welcome":
             self.state = msg.get("state") or {}
-            await self._send("rtc.join")
+            await self._send("rtc.join", **({"max_height": self.config.max_height} if self.config.max_height else {}))
         elif kind == "event" and msg.get("state"):
             self.state = msg["state"]
         elif kind == "rtc.config":

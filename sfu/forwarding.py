@@ -15,6 +15,9 @@ What a forwarding SFU must do itself, because nothing is re-encoded any more:
   serving (never below `REMB_FLOOR_BPS`: one hopeless link must not ruin the picture for everyone);
 * **timestamps** - a transceiver re-used for another publisher keeps its RTP clock moving forward,
   so receivers see one continuous stream;
+* **layers** - a publisher may send its camera once per layer (`PublishedLayers`, see `layers.py`):
+  each subscriber's ForwardTrack gets the layer its own link carries, and moves to another only on
+  that layer's keyframe, so a weak subscriber never holds back what the others get;
 * **staleness** - frames that reach the node long after their time (a publisher's browser sending
   what it queued during an outage) are dropped, not replayed to everyone at several times real
   speed; video then waits for a fresh keyframe.
@@ -35,6 +38,8 @@ from aiortc.mediastreams import MediaStreamError
 
 from rtc.keyframes import is_keyframe
 
+from .layers import ByteRate, ChooserConfig, LayerChooser, LinkEstimate, StageLayersConfig
+
 log = logging.getLogger("classcast.sfu")
 
 KEYFRAME_MIN_INTERVAL_S = 0.3  # at most one PLI per published track per interval; later asks coalesce
@@ -47,6 +52,7 @@ FRAME_TICKS = {"video": 3000, "audio": 960}  # one frame at 30 fps / 20 ms: the 
 # seconds a browser sends in a burst after an outage.
 STALE_AFTER_S = 0.6
 STALE_WINDOW_S = 10.0
+LAYERS_START_S = 2.0  # a publisher's layers that have not sent by then are taken as not coming
 
 
 class Lateness:
@@ -92,12 +98,15 @@ class PublishedTrack:
         self.lateness = Lateness()
         self.stale = 0  # frames dropped for arriving too late
         self._after_stale = False  # video: fresh frames wait for a keyframe after stale ones
+        self.rate = ByteRate()  # what this track brings in, for the layer choosers
 
     # frames arrive on the event loop's thread (the receiver's RTP handler): hand off only
     def on_frame(self, codec: str, data: bytes, timestamp: int, clock_rate: int) -> None:
         self.codec = codec
         self.frames += 1
-        late = self.lateness.late_s(timestamp=timestamp, clock_rate=clock_rate, arrival_s=time.monotonic())
+        now = time.monotonic()
+        self.rate.add(now, len(data))
+        late = self.lateness.late_s(timestamp=timestamp, clock_rate=clock_rate, arrival_s=now)
         if self.muted:
             return
         keyframe = is_keyframe(codec, data)
@@ -105,23 +114,23 @@ class PublishedTrack:
             self.stale += 1
             if self.kind == "video" and not self._after_stale:
                 self._after_stale = True
-                for output in self.outputs:
-                    output.source_resumed()  # continue each subscriber's clock from the next fresh keyframe
+                for output in list(self.outputs):
+                    output.source_resumed(self)  # continue each subscriber's clock from the next fresh keyframe
             return
         if self._after_stale:
             self._after_stale = False
             if not keyframe:
                 self.request_keyframe()
         frame = Frame(codec, data, timestamp, clock_rate, keyframe)
-        for output in self.outputs:
-            output.push(frame)
+        for output in list(self.outputs):  # a push may cut a subscriber over to this track
+            output.push(frame, self)
 
     def set_muted(self, muted: bool) -> None:
         if self.muted and not muted and self.kind == "video":
             self.request_keyframe()  # subscribers need a picture to start from again
         self.muted = muted
-        for output in self.outputs:
-            output.source_resumed()
+        for output in list(self.outputs):
+            output.source_resumed(self)
 
     def request_keyframe(self) -> None:
         """Coalesced and rate-limited: many subscribers asking at once cost the publisher one keyframe."""
@@ -165,6 +174,59 @@ class PublishedTrack:
             output.switch(None)
 
 
+class PublishedLayers:
+    """One publisher's camera, once per layer (highest first, as `config`), each a PublishedTrack:
+    what a subscriber's ForwardTrack chooses among. A browser that sends fewer (an older page) leaves
+    the others quiet, and nobody is given a quiet layer."""
+
+    kind = "video"
+
+    def __init__(self, config: StageLayersConfig, tracks: list[PublishedTrack]) -> None:
+        self.config = config
+        self.tracks = tracks
+        self._own: dict[int, int] = {}  # layer -> the node's own REMB for its receiver
+        self._started: float | None = None
+
+    @property
+    def codec(self) -> str | None:
+        return next((t.codec for t in self.tracks if t.codec), None)
+
+    @property
+    def frames(self) -> int:
+        return max(t.frames for t in self.tracks)
+
+    def rates(self, now: float) -> list[float]:
+        """Measured bits/s per layer; the configured maximum until a layer has sent anything."""
+        return [t.rate.bps(now) or layer.max_bitrate_bps for t, layer in zip(self.tracks, self.config.layers)]
+
+    def active(self, now: float) -> list[bool]:
+        """Layers sending now. For the first seconds of a publisher every layer counts: they start a few
+        frames apart, and a subscriber sent to whichever came first would be moved again at once."""
+        if self._started is None and any(t.frames for t in self.tracks):
+            self._started = now
+        young = self._started is None or now - self._started < LAYERS_START_S
+        return [young or t.rate.active(now) for t in self.tracks]
+
+    def remb_for(self, index: int, own_bps: int) -> int:
+        """The REMB every layer's receiver tells the publisher. A browser takes each REMB as the estimate
+        for its whole connection, so all of them say the same total: per layer, the node's own estimate
+        capped by that layer's subscribers (never those of another layer)."""
+        self._own[index] = own_bps
+        total = 0
+        for i, bps in self._own.items():
+            cap = self.tracks[i].remb_cap()
+            total += min(bps, cap) if cap is not None else bps
+        return total
+
+    def set_muted(self, muted: bool) -> None:
+        for track in self.tracks:
+            track.set_muted(muted)
+
+    def end(self) -> None:
+        for track in self.tracks:
+            track.end()
+
+
 class ForwardTrack(MediaStreamTrack):
     """The source of one subscribe transceiver's sender, for the connection's whole life: it carries
     whichever PublishedTrack it is pointed at (or nothing, quietly) and hands out encoded packets."""
@@ -173,33 +235,134 @@ class ForwardTrack(MediaStreamTrack):
         super().__init__()
         self.kind = kind
         self.source: PublishedTrack | None = None
+        self.layers: PublishedLayers | None = None  # when the source is one layer of these
+        self.pending: PublishedTrack | None = None  # the layer to cut over to at its next keyframe
+        self.pinned: int | None = None  # a layer index asked for (egress), instead of the chooser's
+        self.chooser_config = ChooserConfig()
+        self.chooser: LayerChooser | None = None
+        self.link = LinkEstimate(self.chooser_config)
+        self.share: Callable[[], int] = lambda: 1  # video tracks sharing this subscriber's estimate
+        self.on_layer: Callable[[str | None], None] | None = None  # the layer this subscriber now gets
         self.codec: str | None = None  # the codec this transceiver was negotiated for
         self.forwarded = 0
         self.dropped = 0
-        self._queue: collections.deque[Frame] = collections.deque()
+        self._queue: collections.deque[tuple[Frame, int]] = collections.deque()  # (frame, epoch)
+        self._epoch = 0  # a new one per cut-over: its frames continue the clock from where it is
         self._ready = asyncio.Event()
         self._need_keyframe = kind == "video"
         self._offset: int | None = None  # out timestamp = in timestamp + offset
         self._last_out = -FRAME_TICKS[kind]
+        self._out_epoch = 0
 
-    def switch(self, source: PublishedTrack | None) -> None:
-        if self.source is source:
-            return
+    def switch(self, source: PublishedTrack | PublishedLayers | None) -> None:
+        layers = source if isinstance(source, PublishedLayers) else None
+        if layers is not None:
+            if layers is self.layers:
+                return
+            start = self.pinned if self.pinned is not None else min(1, len(layers.tracks) - 1)
+            self.chooser = LayerChooser(self.chooser_config, layers=len(layers.tracks), start=start)
+            self.link = LinkEstimate(self.chooser_config)
+            track: PublishedTrack | None = layers.tracks[start]
+        else:
+            if self.source is source and self.layers is None:
+                return
+            self.chooser = None
+            track = source  # type: ignore[assignment]
+        self._drop_pending()
+        self.layers = layers
         if self.source is not None:
             self.source.detach(self)
-        self.source = source
+        self.source = track
         self._queue.clear()
         self._offset = None  # the next frame continues this track's clock, whoever sends it
         self._need_keyframe = self.kind == "video"
-        if source is not None:
-            source.attach(self)
-            source.request_keyframe()
+        if track is not None:
+            track.attach(self)
+            track.request_keyframe()
+        self._layer_changed()
 
-    def source_resumed(self) -> None:
+    def adapt(self, now: float) -> None:
+        """Point this subscriber at the layer its link carries (or the one asked for); the cut-over
+        waits for that layer's keyframe."""
+        layers = self.layers
+        if layers is None:
+            return
+        rates, active = layers.rates(now), layers.active(now)
+        if self.chooser is None or self.pinned is not None:
+            usable = [i for i in range(len(active)) if active[i]]
+            want = self.pinned or 0
+            index = min(usable, key=lambda i: (abs(i - want), i)) if usable else want
+        else:
+            estimate = self.link.bps(now)
+            if estimate is not None:
+                estimate /= max(1, self.share())
+            lossy = self.link.loss > self.chooser_config.loss_high
+            index = self.chooser.update(now, estimate, rates, active, lossy=lossy)
+        self._select(layers.tracks[index])
+
+    def _select(self, track: PublishedTrack) -> None:
+        if track is self.source:
+            self._drop_pending()
+            return
+        if track is self.pending:
+            return
+        self._drop_pending()
+        if self._need_keyframe:  # nothing flows from the current layer yet: no picture to keep
+            if self.source is not None:
+                self.source.detach(self)
+            self.source = track
+            self._epoch += 1  # frames still queued from the old layer keep their own offset
+            track.attach(self)
+            track.request_keyframe()
+            self._layer_changed()
+            return
+        self.pending = track
+        track.attach(self)
+        track.request_keyframe()
+
+    def _drop_pending(self) -> None:
+        if self.pending is not None:
+            if self.pending is not self.source:
+                self.pending.detach(self)
+            self.pending = None
+
+    def _layer_changed(self) -> None:
+        if self.on_layer is not None:
+            name = None
+            if self.layers is not None and self.source in self.layers.tracks:
+                name = self.layers.config.layers[self.layers.tracks.index(self.source)].name
+            self.on_layer(name)
+
+    def feedback_remb(self, bitrate_bps: int) -> None:
+        """This subscriber's REMB (its whole connection's estimate) for our sender; its publisher's cap
+        hears this track's share of it."""
+        self.remb(bitrate_bps // max(1, self.share()))
+        self.link.on_remb(time.monotonic(), bitrate_bps)
+        self.adapt(time.monotonic())
+
+    def feedback_loss(self, fraction: float) -> None:
+        """The share of our packets this subscriber reported lost (RTCP receiver report)."""
+        now = time.monotonic()
+        sent = self.source.rate.bps(now) if self.source is not None else 0.0
+        self.link.on_loss(now, fraction, sent)
+        self.adapt(now)
+
+    def source_resumed(self, origin: PublishedTrack | None = None) -> None:
+        if origin is not None and origin is not self.source:
+            return  # a layer we only wait on
         self._offset = None
         self._need_keyframe = self.kind == "video"
 
-    def push(self, frame: Frame) -> None:
+    def push(self, frame: Frame, origin: PublishedTrack | None = None) -> None:
+        if origin is not None and origin is not self.source:
+            if origin is not self.pending or not frame.keyframe:
+                return  # keep forwarding the current layer until the target's keyframe
+            previous, self.source, self.pending = self.source, origin, None
+            if previous is not None:
+                previous.detach(self)  # its REMB cap no longer hears this subscriber
+            self._epoch += 1
+            self._need_keyframe = False
+            self._layer_changed()
         if self._need_keyframe:
             if not frame.keyframe:
                 self.dropped += 1
@@ -214,7 +377,7 @@ class ForwardTrack(MediaStreamTrack):
                 self.source.request_keyframe()
             if self._need_keyframe and not frame.keyframe:
                 return
-        self._queue.append(frame)
+        self._queue.append((frame, self._epoch))
         self._ready.set()
 
     def request_keyframe(self) -> None:
@@ -234,7 +397,9 @@ class ForwardTrack(MediaStreamTrack):
                 self._ready.clear()
                 await self._ready.wait()
                 continue
-            frame = self._queue.popleft()
+            frame, epoch = self._queue.popleft()
+            if epoch != self._out_epoch:  # the first frame of another layer: same clock, fresh offset
+                self._out_epoch, self._offset = epoch, None
             if self._offset is None:
                 self._offset = self._last_out + FRAME_TICKS[self.kind] - frame.timestamp
             out = frame.timestamp + self._offset

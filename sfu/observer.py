@@ -33,3 +33,7 @@ class RoomObserver:
 
     def peer_left(self, *, session_id: int, peer_id: str) -> None:
         """A participant's connections are gone: forget what was kept per participant."""
+
+    def layer(self, *, session_id: int, subscriber: str, publisher: str, layer: str | None, height: int) -> None:
+        """The video layer `subscriber` now gets of `publisher` (its nominal height); `layer` None: it no
+        longer gets any (left, or the publisher did)."""

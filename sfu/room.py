@@ -3,7 +3,9 @@
 Each stage member holds two peer connections, as LiveKit's clients do, and the media node always
 offers, so there is never glare:
 
-* `publish`: two `recvonly` transceivers (audio, video) for the member's own camera and microphone.
+* `publish`: `recvonly` transceivers for the member's own microphone and camera, the camera once per
+  video layer (`layers.py`: aiortc cannot demultiplex simulcast, so each layer has its own m-line and
+  the offer tells the page which is which).
   Negotiated once and never again: aiortc 1.16's receivers stop decoding video after a renegotiation
   of their connection (measured: the decoder gets no frames once the answer to a re-offer applies).
 * `subscribe`: one `sendonly` transceiver per track of every other publisher. Stage changes re-offer
@@ -37,14 +39,15 @@ from rtc.encoded_tap import (
     ice_receive_buffer,
     opus_fec_negotiate,
     receiver_audio_passthrough,
-    receiver_remb_cap,
+    receiver_remb_rewrite,
     receiver_request_keyframe,
     receiver_tap,
     sender_feedback_tap,
 )
 
 from . import SfuError
-from .forwarding import ForwardTrack, PublishedTrack
+from .forwarding import ForwardTrack, PublishedLayers, PublishedTrack
+from .layers import LayerConfig, StageLayersConfig
 from .observer import RoomObserver
 from .quality import LegCounters, PeerQuality, downlink_quality, uplink_quality
 
@@ -53,6 +56,9 @@ log = logging.getLogger("classcast.sfu")
 Send = Callable[[str, dict[str, Any]], Awaitable[None]]
 KINDS = ("audio", "video")
 SETUP_TIMEOUT_S = 30.0
+ADAPT_INTERVAL_S = 0.5  # choosers also run between feedback: a layer that goes quiet is left within this
+# One layer unless the adapter passes a ladder (the media node passes CLASSCAST_STAGE_LAYERS).
+ONE_LAYER = StageLayersConfig(layers=(LayerConfig("f", 360, 1.0, 1_200_000, 30),))
 
 
 class NegotiationError(SfuError):
@@ -73,6 +79,7 @@ class PeerSpec:
     publish: bool
     hidden: bool = False
     muted: tuple[str, ...] = ()  # kinds muted when joining (the stage's record)
+    max_height: int | None = None  # egress: the layer that fits its tile; None: hidden peers get the top
 
 
 PUBLISH = "publish"
@@ -85,9 +92,8 @@ class Peer:
     pub: RTCPeerConnection | None = None
     sub: RTCPeerConnection | None = None
     # What this member publishes, per kind, once its track arrived (sources[kind] exists from the offer).
-    published: dict[str, PublishedTrack] = field(default_factory=dict)
-    sources: dict[str, PublishedTrack] = field(default_factory=dict)
-    publish_transceivers: dict[str, RTCRtpTransceiver] = field(default_factory=dict)
+    published: dict[str, PublishedTrack | PublishedLayers] = field(default_factory=dict)
+    sources: dict[str, PublishedTrack | PublishedLayers] = field(default_factory=dict)
     outbound: dict[tuple[str, str], RTCRtpTransceiver] = field(default_factory=dict)
     # Our own handle on each subscribe sender's source: aiortc drops sender.track when it stops.
     switches: dict[RTCRtpTransceiver, ForwardTrack] = field(default_factory=dict)
@@ -116,9 +122,11 @@ class Room:
 
     def __init__(
         self, *, session_id: int, rtc_config: RTCConfiguration, send: Send, video_codec: str = "vp8",
-        udp_receive_buffer: int = 0, observer: RoomObserver | None = None,
+        udp_receive_buffer: int = 0, observer: RoomObserver | None = None, layers: StageLayersConfig = ONE_LAYER,
     ) -> None:
         self.session_id = session_id
+        self.layers = layers
+        self._adapting: asyncio.Task[None] | None = None
         self.observer = observer or RoomObserver()
         self.rtc_config = rtc_config
         self.udp_receive_buffer = udp_receive_buffer  # bytes per publisher socket; 0 keeps the kernel's
@@ -146,24 +154,25 @@ class Room:
         if spec.publish:
             pub = peer.pub = self._new_pc(peer, PUBLISH)
             pub.on("track", lambda track: self._on_track(peer, track))
-            for kind in KINDS:
-                transceiver = peer.publish_transceivers[kind] = pub.addTransceiver(kind, direction="recvonly")
-                transceiver.setCodecPreferences(self.codecs[kind])
-                source = peer.sources[kind] = PublishedTrack(
-                    kind, muted=kind in peer.muted,
-                    request_keyframe=lambda r=transceiver.receiver: receiver_request_keyframe(r),
-                )
-                # The node decodes nothing: frames go from the receiver straight to the subscribers.
-                receiver_tap(transceiver.receiver, on_frame=source.on_frame, decode=False)
-                if kind == "audio":  # forwarded as it arrives, never held behind a lost packet
-                    receiver_audio_passthrough(transceiver.receiver)
-                if kind == "video":
-                    receiver_remb_cap(transceiver.receiver, cap=source.remb_cap)
+            audio = self._published_track(peer, pub, "audio")
+            receiver_audio_passthrough(audio[1].receiver)  # forwarded as it arrives, never held behind a loss
+            peer.sources["audio"] = audio[0]
+            video = [self._published_track(peer, pub, "video") for _ in self.layers.layers]
+            layered = peer.sources["video"] = PublishedLayers(self.layers, [track for track, _ in video])
+            for index, (_, transceiver) in enumerate(video):
+                receiver_remb_rewrite(transceiver.receiver, rewrite=lambda bps, i=index: layered.remb_for(i, bps))
             await pub.setLocalDescription(await pub.createOffer())
             if self.udp_receive_buffer:  # a publisher's media arrives here; subscribers only send RTCP
                 ice_receive_buffer(pub, size=self.udp_receive_buffer)
+            # Which m-line carries which layer, and how the page should encode it.
+            described = {
+                transceiver.mid: {"layer": layer.name, "scale_down_by": layer.scale_down_by,
+                                  "max_bitrate_bps": layer.max_bitrate_bps, "max_fps": layer.max_fps}
+                for (_, transceiver), layer in zip(video, self.layers.layers)
+            }
             await self._send_safely(
-                spec.peer_id, {"type": "media.offer", "pc": PUBLISH, "sdp": pub.localDescription.sdp, "tracks": {}}
+                spec.peer_id,
+                {"type": "media.offer", "pc": PUBLISH, "sdp": pub.localDescription.sdp, "tracks": {}, "layers": described},
             )
         attached = False
         for other in self.peers.values():
@@ -176,6 +185,16 @@ class Room:
             # A subscriber with nothing to receive yet still gets a (media-less) offer, so it knows
             # it joined; its first track arrives with the next offer.
             await self._send_safely(spec.peer_id, {"type": "media.offer", "pc": SUBSCRIBE, "sdp": None, "tracks": {}})
+
+    def _published_track(self, peer: Peer, pub: RTCPeerConnection, kind: str) -> tuple[PublishedTrack, RTCRtpTransceiver]:
+        transceiver = pub.addTransceiver(kind, direction="recvonly")
+        transceiver.setCodecPreferences(self.codecs[kind])
+        source = PublishedTrack(
+            kind, muted=kind in peer.muted, request_keyframe=lambda r=transceiver.receiver: receiver_request_keyframe(r)
+        )
+        # The node decodes nothing: frames go from the receiver straight to the subscribers.
+        receiver_tap(transceiver.receiver, on_frame=source.on_frame, decode=False)
+        return source, transceiver
 
     def _new_pc(self, peer: Peer, name: str) -> RTCPeerConnection:
         pc = RTCPeerConnection(self.rtc_config)
@@ -253,17 +272,21 @@ class Room:
     async def close(self, *, reason: str) -> None:
         for peer_id in list(self.peers):
             await self.leave(peer_id, reason=reason)
+        if self._adapting is not None:
+            self._adapting.cancel()
 
     # --- media wiring ------------------------------------------------------------------------------
 
     def _on_track(self, peer: Peer, track: MediaStreamTrack) -> None:
         kind = track.kind
+        if kind in peer.published:
+            return  # another layer of the camera already published
         source = peer.published[kind] = peer.sources[kind]
         for other in self.peers.values():
             if other is not peer and self._attach(other, peer, kind, source):
                 self._schedule(self._negotiate_locked(other))
 
-    def _attach(self, sub: Peer, pub: Peer, kind: str, source: PublishedTrack) -> bool:
+    def _attach(self, sub: Peer, pub: Peer, kind: str, source: PublishedTrack | PublishedLayers) -> bool:
         key = (pub.spec.peer_id, kind)
         if key in sub.outbound:
             return False
@@ -275,10 +298,24 @@ class Room:
             forward = ForwardTrack(kind)
             free = sub.sub.addTransceiver(forward, direction="sendonly")
             free.setCodecPreferences(self.codecs[kind])
-            # PLI/FIR and REMB from this subscriber go to whichever publisher the transceiver carries.
-            sender_feedback_tap(free.sender, on_keyframe_request=forward.request_keyframe, on_remb=forward.remb)
+            # PLI/FIR and REMB from this subscriber go to whichever publisher the transceiver carries;
+            # REMB and loss also choose the layer it gets.
+            sender_feedback_tap(free.sender, on_keyframe_request=forward.request_keyframe,
+                                on_remb=forward.feedback_remb, on_loss=forward.feedback_loss)
+            # Chromium's REMB is its whole connection's: each video track this subscriber gets has a share.
+            forward.share = lambda s=sub: sum(1 for (_, k) in s.outbound if k == "video")
             sub.switches[free] = forward
-        sub.switches[free].switch(source)
+        forward = sub.switches[free]
+        if kind == "video":
+            if sub.spec.max_height is not None:
+                forward.pinned = self.layers.fitting(sub.spec.max_height)
+            elif sub.spec.hidden:
+                forward.pinned = 0  # the recorder: the best there is (egress links are the data centre's)
+            forward.on_layer = lambda name, s=sub, p=pub: self.observer.layer(
+                session_id=self.session_id, subscriber=_who(s), publisher=_who(p), layer=name,
+                height=next((layer.height for layer in self.layers.layers if layer.name == name), 0))
+            self._adapt_start()
+        forward.switch(source)
         free.direction = "sendonly"
         sub.outbound[key] = free
         return True
@@ -290,9 +327,25 @@ class Room:
             if transceiver is None:
                 continue
             sub.switches[transceiver].switch(None)
+            sub.switches[transceiver].on_layer = None
             transceiver.direction = "inactive"  # kept, with its sender loop alive, for the next publisher
             changed = True
         return changed
+
+    def _adapt_start(self) -> None:
+        if self._adapting is None or self._adapting.done():
+            self._adapting = asyncio.ensure_future(self._adapt_loop())
+            self._adapting.add_done_callback(_log_task_error)
+
+    async def _adapt_loop(self) -> None:
+        """Choosers run on feedback; this runs them between, e.g. for egress (which sends none) when a
+        layer goes quiet. Ends with the room's last peer."""
+        while self.peers:
+            now = time.monotonic()
+            for peer in list(self.peers.values()):
+                for forward in list(peer.switches.values()):
+                    forward.adapt(now)
+            await asyncio.sleep(ADAPT_INTERVAL_S)
 
     # --- negotiation -------------------------------------------------------------------------------
 
@@ -434,6 +487,10 @@ def codec_preferences(kind: str, name: str) -> list[Any]:
     if not any(c.mimeType.lower() != "video/rtx" for c in codecs):
         raise ValueError(f"aiortc cannot send {kind} codec {name!r}")
     return codecs
+
+
+def _who(peer: Peer) -> str:
+    return str(peer.spec.user_id) if peer.spec.user_id is not None else peer.spec.name or peer.spec.peer_id
 
 
 def _log_task_error(task: asyncio.Task[Any]) -> None:

@@ -248,9 +248,10 @@ STATS_SAMPLER_JS = """
       (await pc.getStats()).forEach((r) => {
         if (r.type !== "inbound-rtp") return;
         if (r.kind === "video") {
-          const v = s.video || (s.video = { frames: 0, bytes: 0, lost: 0, nacks: 0, freeze_count: 0,
+          const v = s.video || (s.video = { frames: 0, bytes: 0, rtx_bytes: 0, lost: 0, nacks: 0, freeze_count: 0,
                                           freezes_s: 0, width: 0, height: 0, top: -1 });
           v.frames += r.framesDecoded || 0; v.bytes += r.bytesReceived || 0; v.lost += r.packetsLost || 0;
+          v.rtx_bytes += r.retransmittedBytesReceived || 0;
           v.nacks += r.nackCount || 0; v.freeze_count += r.freezeCount || 0; v.freezes_s += r.totalFreezesDuration || 0;
           if ((r.framesDecoded || 0) > v.top) { v.top = r.framesDecoded || 0; v.width = r.frameWidth || 0; v.height = r.frameHeight || 0; }
         } else if (r.kind === "audio") {
@@ -308,6 +309,7 @@ class FlowFigures:
     width: int  # median over samples that showed new frames
     height: int
     kbps: float  # video received
+    rtx_kbps: float  # of which retransmissions (RTX) that arrived
     audio_kbps: float
     concealed_pct: float | None  # None: no audio samples played out at all
     fec_packets: int
@@ -411,6 +413,7 @@ def summarise_flow(samples: Sequence[dict[str, Any]], start: float, end: float) 
         width=width,
         height=height,
         kbps=rate("video", "bytes"),
+        rtx_kbps=rate("video", "rtx_bytes"),
         audio_kbps=rate("audio", "bytes"),
         concealed_pct=100.0 * concealed / played if played > 0 else None,
         fec_packets=int(counter_delta(_series(window, "audio", "fec"))),

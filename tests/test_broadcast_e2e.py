@@ -104,10 +104,10 @@ def test_broadcast_from_stage_to_viewers(stack, browser):
     ada.wait_for_selector("#bc-status.live", timeout=90_000)
     fresh = segments_after(stack, cid, 3)
 
-    # The master playlist names the ladder (the default 720p, 360p, audio), and the 360p rung is there.
+    # The master playlist names the ladder (the default 720p, 360p, 180p, audio), and the 360p rung is there.
     session = stack.folder(cid)
     master = m3u8.loads((session / "live.m3u8").read_text())
-    assert [p.uri for p in master.playlists] == ["720p/live.m3u8", "360p/live.m3u8", "audio/live.m3u8"]
+    assert [p.uri for p in master.playlists] == ["720p/live.m3u8", "360p/live.m3u8", "180p/live.m3u8", "audio/live.m3u8"]
 
     def low_segments():
         path = session / "360p" / "live.m3u8"
@@ -140,12 +140,12 @@ def test_broadcast_from_stage_to_viewers(stack, browser):
                timeout=60, what="5 s of playback")
     # hls.js has the video rungs as its levels (it leaves the audio-only variant out), plays one of them
     # in low-latency mode (its playlist lists parts) and the player bar says which.
-    assert sorted(cleo.evaluate("window.classcast.player.hls.levels.map((l) => l.height)")) == [360, 720]
+    assert sorted(cleo.evaluate("window.classcast.player.hls.levels.map((l) => l.height)")) == [180, 360, 720]
     assert cleo.evaluate("(() => { const h = window.classcast.player.hls;"
                          " const d = h.levels[h.currentLevel].details; return !!(d && d.partList && d.partList.length); })()")
     quality = wait_until(lambda: cleo.evaluate("document.getElementById('player-quality').textContent") or None,
                          timeout=10, what="the quality label")
-    assert quality in ("360p", "720p")
+    assert quality in ("180p", "360p", "720p")
 
     # The stage changes mid-broadcast: ben leaves (one tile), comes back (two); output never stops.
     last_seq = fresh[-1][0]

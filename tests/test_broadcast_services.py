@@ -60,7 +60,7 @@ def test_only_the_instructor_goes_live_and_only_once(cls, django_capture_on_comm
         broadcast_start(classroom_id=cls.id, actor=cls.actor("ben"))
     with django_capture_on_commit_callbacks() as callbacks:
         broadcast = broadcast_start(classroom_id=cls.id, actor=cls.actor("ada"))
-    assert broadcast.status == BroadcastStatus.QUEUED and broadcast.cost_units == 1.25  # the default ladder
+    assert broadcast.status == BroadcastStatus.QUEUED and broadcast.cost_units == 1.312  # the default ladder: 720p + 360p + 180p pixels
     assert len(callbacks) == 2  # the class is told, and the job is queued
     with pytest.raises(InvalidState):
         broadcast_start(classroom_id=cls.id, actor=cls.actor("ada"))
@@ -110,7 +110,7 @@ def test_a_worker_without_room_refuses_and_says_why(cls, demo):
     assert broadcast_claim(broadcast_id=second.pk, worker="host-a:2", capacity=1.5) is None
     second.refresh_from_db()
     assert second.status == BroadcastStatus.REFUSED
-    assert "No compositor capacity" in second.error and "1.25 of 1.5 units" in second.error
+    assert "No compositor capacity" in second.error and "1.312 of 1.5 units" in second.error
     # Another host has room.
     third = broadcast_start(classroom_id=other.pk, actor=ada_other)
     assert broadcast_claim(broadcast_id=third.pk, worker="host-b:1", capacity=1.5) is not None

@@ -605,6 +605,9 @@ async def test_rtc_join_gets_an_offer_and_a_bad_answer_is_refused(cls):
         kinds = sdp_media_kinds(offer["sdp"])
         assert "audio" in kinds and "video" in kinds
         assert offer["tracks"] == {}
+        # One video m-line per stage layer, each named with how the page should encode it.
+        assert kinds.count("video") == len(offer["layers"]) == len(django_settings.CLASSCAST_STAGE_LAYERS.split(","))
+        assert {layer["layer"] for layer in offer["layers"].values()} == {"f", "h", "q"}
         session = await database_sync_to_async(LiveSession.objects.get)()
         assert session.media_node  # the class is pinned to a node
 
@@ -704,7 +707,7 @@ async def test_service_token_may_use_media_messages(cls):
         await ada.send(type="session.start", id="s")
         await ada.expect("ack", ref="s")
 
-        await service.send(type="rtc.join", id="j1")
+        await service.send(type="rtc.join", max_height=180, id="j1")  # e.g. a compositor's tile
         await service.expect("rtc.config")
         offer = await service.expect("rtc.offer")
         assert offer["pc"] == "subscribe"  # a subscriber never publishes

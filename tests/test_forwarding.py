@@ -104,7 +104,7 @@ async def test_forwarded_payloads_are_bit_exact_and_nothing_is_decoded(room_and_
         expected = (payloads * 3)[start:start + len(got)]
         assert got == expected
         # The node decoded nothing: its publish receivers' tracks never yield a frame.
-        source = room.peers["pub"].published["video"]
+        source = room.peers["pub"].published["video"].tracks[0]
         assert source.frames >= 90 and source.codec == "vp8"
         forward = next(iter(source.outputs))
         assert forward.forwarded >= 90
@@ -157,7 +157,7 @@ async def test_a_late_joiner_gets_a_picture_at_once(room_and_clients):
         print(f"late joiner: first picture {1000 * (time.monotonic() - started):.0f} ms after its track was offered")
         assert frame.width == 640
         # Its picture came from a keyframe the node asked the publisher for when the late joiner came.
-        assert room.peers["pub"].published["video"]._last_pli >= started - 5  # noqa: SLF001
+        assert room.peers["pub"].published["video"].tracks[0]._last_pli >= started - 5  # noqa: SLF001
         assert pub is not None
     finally:
         await close_all(room, clients)
@@ -189,7 +189,7 @@ async def test_subscriber_remb_caps_what_the_publisher_hears(room_and_clients):
                 await asyncio.sleep(0.2)
 
         task = asyncio.ensure_future(weak_link())
-        source = room.peers["pub"].published["video"]
+        source = room.peers["pub"].published["video"].tracks[0]
         await wait_for(lambda: source.remb_cap() == 300_000, timeout=10)
         await wait_for(lambda: any(b <= 300_000 for b in heard), timeout=20)
         task.cancel()

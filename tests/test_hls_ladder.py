@@ -25,7 +25,7 @@ pytestmark = pytest.mark.once  # pure media end to end: the deployment mode does
 ROOT = Path(__file__).resolve().parent.parent
 KEY, FOLDER = "ladder-key", "class-9/session-3"
 PROGRAM = dict(width=1280, height=720, fps=30, video_bitrate=2_500_000, audio_bitrate=128_000)
-RUNGS = ladder_parse("720p,360p,audio", **PROGRAM)
+RUNGS = ladder_parse("720p,360p,180p:120k:48k,audio", **PROGRAM)  # 180p: a weak link's rung, its own AAC
 SEGMENT_S = 2.0
 
 
@@ -77,6 +77,8 @@ def first_packets(path: Path) -> dict:
             out["frames"] = len(packets)
         a = c.streams.audio[0]
         out["audio"] = (a.codec_context.name, a.codec_context.sample_rate)
+        c.seek(0)
+        out["audio_bytes"] = sum(p.size for p in c.demux(a))
     return out
 
 
@@ -129,10 +131,10 @@ async def test_a_program_with_the_ladder_makes_every_rung_aligned_under_one_mast
 
     stats = json.loads(out.decode().strip().splitlines()[-1])
     assert set(stats["states"].values()) == {"live"}  # every rung was on air when the program stopped
-    assert stats["keyframes"][""] == stats["keyframes"]["360p"] >= 4  # one keyframe per segment, both rungs
+    assert stats["keyframes"][""] == stats["keyframes"]["360p"] == stats["keyframes"]["180p"] >= 4  # one per segment
 
     master = m3u8.loads((session / "live.m3u8").read_text())
-    assert [p.uri for p in master.playlists] == ["720p/live.m3u8", "360p/live.m3u8", "audio/live.m3u8"]
+    assert [p.uri for p in master.playlists] == [f"{r.name}/live.m3u8" for r in RUNGS]
     assert {e[0] for e in events.of("start")} == {f"{FOLDER}/{r.name}" for r in RUNGS}
 
     vods = {r.name: m3u8.loads((session / r.name / "vod.m3u8").read_text()) for r in RUNGS}
@@ -157,10 +159,15 @@ async def test_a_program_with_the_ladder_makes_every_rung_aligned_under_one_mast
 
     # Aligned: the same segments (count, durations, first keyframe times) in both video rungs, and the
     # audio rung cut within one AAC frame of them, so a player switches at any segment or part start.
-    top, low, audio = (vods[r.name].segments for r in RUNGS)
-    assert len(top) == len(low) == len(audio)
-    for a, b in zip(top, low):
-        assert a.duration == pytest.approx(b.duration, abs=0.002)
-        assert first_packets(session / "720p" / a.uri)["first"] == first_packets(session / "360p" / b.uri)["first"]
+    top, low, lowest, audio = (vods[r.name].segments for r in RUNGS)
+    assert len(top) == len(low) == len(lowest) == len(audio)
+    for a, b, c in zip(top, low, lowest):
+        assert b.duration == pytest.approx(a.duration, abs=0.002) and c.duration == pytest.approx(a.duration, abs=0.002)
+        first = first_packets(session / "720p" / a.uri)["first"]
+        assert first == first_packets(session / "360p" / b.uri)["first"] == first_packets(session / "180p" / c.uri)["first"]
+    # the 180p rung carries its own 48 kbit/s AAC of the same mix, the others the program's 128 kbit/s
+    shared = first_packets(session / "360p" / low[1].uri)["audio_bytes"]
+    own = first_packets(session / "180p" / lowest[1].uri)["audio_bytes"]
+    assert own < 0.5 * shared, (own, shared)
     for a, c in zip(top[:-1], audio[:-1]):
         assert a.duration == pytest.approx(c.duration, abs=0.025)  # one AAC frame is 21 ms

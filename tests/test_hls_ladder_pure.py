@@ -69,22 +69,26 @@ def test_rendition_key_form():
 
 
 def test_ladder_setting_parses_into_the_three_views():
-    rungs = ladder_parse("720p, 360p:500k ,240p,audio", **PROGRAM)
-    assert [(r.name, r.width, r.height, r.video_bitrate) for r in rungs] == [
-        ("720p", 1280, 720, 2_500_000), ("360p", 640, 360, 500_000), ("240p", 426, 240, 300_000), ("audio", 0, 0, 0),
+    rungs = ladder_parse("720p, 360p:500k ,240p,180p:120k:48k,audio:64k", **PROGRAM)
+    assert [(r.name, r.width, r.height, r.video_bitrate, r.audio_bitrate) for r in rungs] == [
+        ("720p", 1280, 720, 2_500_000, 128_000), ("360p", 640, 360, 500_000, 128_000),
+        ("240p", 426, 240, 300_000, 128_000), ("180p", 320, 180, 120_000, 48_000), ("audio", 0, 0, 0, 64_000),
     ]
     program = ladder_program_renditions(rungs)
-    assert program == (
+    assert program == (  # the rungs with an AAC of their own say so; the others share the program's
         RenditionConfig("360p", 640, 360, 500_000, "3"), RenditionConfig("240p", 426, 240, 300_000, "2.1"),
-        RenditionConfig("audio"),
+        RenditionConfig("180p", 320, 180, 120_000, "1.3", audio_bitrate=48_000), RenditionConfig("audio", audio_bitrate=64_000),
     )
+    # a rung for a weak link: 120k video + its own 48k AAC, TS included, under 300 kbit/s
+    assert ladder_renditions(rungs)[3].bandwidth < 300_000
     ProgramConfig(renditions=program)  # the compositor takes it
     PackagerConfig(ladder=ladder_renditions(rungs))  # and the packager
-    assert ladder_cost_pixels(rungs) == (1280 * 720 + 640 * 360 + 426 * 240) * 30
+    assert ladder_cost_pixels(rungs) == (1280 * 720 + 640 * 360 + 426 * 240 + 320 * 180) * 30
     assert [r.name for r in ladder_parse("", **PROGRAM)] == ["720p"]  # no ladder: the program alone
 
 
-@pytest.mark.parametrize("text", ["360p,720p", "audio,720p", "720p:3M", "720p,1080p", "720p,360p,360p", "720p,hd", "720p,audio:64k"])
+@pytest.mark.parametrize("text", ["360p,720p", "audio,720p", "720p:3M", "720p::64k", "720p,1080p", "720p,360p,360p", "720p,hd", "720p,audio:2k",
+                                  "720p,360p:1x"])
 def test_ladder_setting_refuses_what_cannot_work(text):
     with pytest.raises(LadderSettingError):
         ladder_parse(text, **PROGRAM)
@@ -111,3 +115,11 @@ def test_an_audio_only_rung_cuts_on_the_video_rungs_grid_without_drift():
     cutter.begin(2.005)
     assert not cutter.should_cut(3.99, keyframe=True, on_grid=True)
     assert cutter.should_cut(4.0, keyframe=True, on_grid=True)  # 4.0, not 2.005 + 2: no drift
+
+
+def test_the_default_setting_has_a_rung_for_a_300_kbit_link(settings):
+    rungs = ladder_parse(settings.CLASSCAST_HLS_LADDER, width=1280, height=720, fps=30, video_bitrate=2_500_000,
+                         audio_bitrate=128_000)
+    video = [r for r in ladder_renditions(rungs) if not r.audio_only]
+    # hls.js plays video rungs only (it drops audio-only variants): its lowest must fit a 300 kbit/s link
+    assert rungs[0].name == "720p" and min(r.bandwidth for r in video) < 300_000

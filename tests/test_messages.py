@@ -71,6 +71,7 @@ VALID = [
     ({"type": "chat.send", "text": "x" * MAX_CHAT_CHARS}, Message("chat.send", {"text": "x" * MAX_CHAT_CHARS}, None)),
     ({"type": "chat.send", "text": "héllo ✓ 👋"}, Message("chat.send", {"text": "héllo ✓ 👋"}, None)),
     ({"type": "rtc.join"}, Message("rtc.join", {}, None)),
+    ({"type": "rtc.join", "max_height": 180}, Message("rtc.join", {"max_height": 180}, None)),
     ({"type": "rtc.answer", "pc": "publish", "sdp": SDP}, Message("rtc.answer", {"pc": "publish", "sdp": SDP}, None)),
     (
         {"type": "rtc.answer", "pc": "subscribe", "sdp": "v=0\nm=audio 9 UDP/TLS/RTP/SAVPF 111\n"},
@@ -189,6 +190,11 @@ def test_bytes_are_accepted_like_text():
 )
 def test_id_becomes_string_ref(ident, ref):
     assert message_parse(json.dumps({"type": "ping", "id": ident})) == Message("ping", {}, ref)
+
+
+@pytest.mark.parametrize("height", [0, -1, 4321, 1.5, True, "180", None])
+def test_a_join_asks_for_a_layer_by_a_plausible_height_only(height):
+    assert parse_error(json.dumps({"type": "rtc.join", "max_height": height})).code == "invalid_field"
 
 
 @pytest.mark.parametrize("ident", [True, False, 1.5, [1], {"a": 1}, "x" * 65, 10**65])

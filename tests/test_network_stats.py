@@ -17,7 +17,7 @@ def sample(t: float, frames: int, *, height: int = 360, vbytes: int = 0, conceal
     """One sampler entry as STATS_SAMPLER_JS writes it (only the fields the summariser reads)."""
     s: dict[str, Any] = {
         "t": t,
-        "video": {"frames": frames, "bytes": vbytes, "lost": 0, "nacks": 0, "freeze_count": 0, "freezes_s": 0,
+        "video": {"frames": frames, "bytes": vbytes, "rtx_bytes": vbytes // 10, "lost": 0, "nacks": 0, "freeze_count": 0, "freezes_s": 0,
                   "width": height * 16 // 9, "height": height},
         "audio": {"concealed": concealed, "samples": played, "fec": fec, "lost": 0, "bytes": 0},
         "out": None,
@@ -76,6 +76,7 @@ def test_summary_of_a_window() -> None:
     assert fig.freezes == 1
     assert (fig.width, fig.height) == (640, 360)
     assert fig.kbps == pytest.approx(500.0)
+    assert fig.rtx_kbps == pytest.approx(50.0, abs=0.01)
     assert fig.concealed_pct == pytest.approx(100 * 480 * 20 / (48_000 * 10.5))
     assert fig.fec_packets == 3
     assert fig.sent_kbps == pytest.approx(1000.0)

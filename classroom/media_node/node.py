@@ -17,6 +17,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from sfu import SfuError
+from sfu.layers import layers_parse
 from sfu.observer import RoomObserver
 from sfu.quality import PeerQuality
 from sfu.room import PeerSpec, Room
@@ -84,6 +85,16 @@ class MetricsObserver(RoomObserver):
                 except KeyError:
                     pass  # that figure was never measured for them
 
+    def layer(self, *, session_id: int, subscriber: str, publisher: str, layer: str | None, height: int) -> None:
+        labels = (str(session_id), subscriber, publisher)
+        if layer is None:
+            try:
+                metrics.STAGE_LAYER.remove(*labels)
+            except KeyError:
+                pass  # never had one
+        else:
+            metrics.STAGE_LAYER.labels(*labels).set(height)
+
 
 METRICS_OBSERVER = MetricsObserver()
 
@@ -117,6 +128,7 @@ class MediaNode:
         self.layer = get_channel_layer()
         self.rooms: dict[int, Room] = {}
         self.rtc_config = rtc_configuration()
+        self.stage_layers = layers_parse(settings.CLASSCAST_STAGE_LAYERS)  # a bad setting fails here, at start
         self._stopping = asyncio.Event()
 
     @property
@@ -166,6 +178,7 @@ class MediaNode:
                             publish=bool(message.get("publish")),
                             hidden=bool(message.get("hidden")),
                             muted=tuple(k for k in message.get("muted", ()) if k in ("audio", "video")),
+                            max_height=message.get("max_height"),
                         )
                     )
                 elif kind == "media.answer":
@@ -204,7 +217,7 @@ class MediaNode:
             room = self.rooms[session_id] = Room(
                 session_id=session_id, rtc_config=self.rtc_config, send=self.layer.send,
                 video_codec=settings.CLASSCAST_VIDEO_CODEC, udp_receive_buffer=settings.CLASSCAST_UDP_RECEIVE_BUFFER,
-                observer=METRICS_OBSERVER,
+                observer=METRICS_OBSERVER, layers=self.stage_layers,
             )
         return room
 

@@ -4,6 +4,8 @@ the viewers' master playlist are each told of it. One parse, three views, so the
 Grammar: a comma list of rungs, top first. `<height>p` is a video rung (width from the program's aspect,
 bitrate from the table below unless `:<bitrate>` says, e.g. `360p:500k`), `audio` the AAC alone. The
 first rung is the program itself (its size, frame rate and bitrate are the CLASSCAST_PROGRAM_* ones).
+A lower rung may ask for an AAC bitrate of its own (`180p:120k:48k`, `audio:64k`: the same mix encoded
+once more), which a rung for a weak link needs; the others share the program's AAC.
 One rung means no ladder: the compositor publishes the plain stream key, as OBS does."""
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ DEFAULT_VIDEO_BITRATES = {1080: 4_500_000, 720: 2_500_000, 540: 1_200_000, 480: 
 VIDEO_TS_OVERHEAD = 1.05
 AUDIO_TS_EXTRA_BPS = 100_000
 PEAK_OVER_AVERAGE = 1.1  # x264's VBV (maxrate = bitrate, 1 s buffer) lets a segment run a little over
-_RUNG = re.compile(r"^(?:(?P<height>\d{2,4})p|(?P<audio>audio))(?::(?P<rate>\d+(?:\.\d+)?)(?P<unit>[kKmM]?))?$")
+_RATE = r"\d+(?:\.\d+)?[kKmM]?"
+_RUNG = re.compile(rf"^(?:(?P<height>\d{{2,4}})p(?::(?P<rate>{_RATE}))?|(?P<audio>audio))(?::(?P<own_audio>{_RATE}))?$")
 
 
 class LadderSettingError(ValueError):
@@ -39,6 +42,7 @@ class Rung:
     fps: int
     video_bitrate: int  # 0: audio only
     audio_bitrate: int
+    own_audio: bool = False  # an AAC of its own at audio_bitrate, not the program's
 
     @property
     def audio_only(self) -> bool:
@@ -49,8 +53,9 @@ class Rung:
         return "" if self.audio_only else h264_level(width=self.width, height=self.height, fps=self.fps)
 
 
-def _bitrate(rate: str, unit: str) -> int:
-    return int(float(rate) * {"": 1, "k": 1_000, "m": 1_000_000}[unit.lower()])
+def _bitrate(text: str) -> int:
+    unit = text[-1].lower() if text[-1].isalpha() else ""
+    return int(float(text.rstrip("kKmM")) * {"": 1, "k": 1_000, "m": 1_000_000}[unit])
 
 
 def ladder_parse(
@@ -64,26 +69,27 @@ def ladder_parse(
     for position, item in enumerate(items):
         match = _RUNG.match(item)
         if match is None:
-            raise LadderSettingError(f"{item!r}: a rung is '<height>p', '<height>p:<bitrate>' or 'audio'")
-        rate = _bitrate(match["rate"], match["unit"]) if match["rate"] else None
+            raise LadderSettingError(
+                f"{item!r}: a rung is '<height>p[:<video bitrate>[:<audio bitrate>]]' or 'audio[:<audio bitrate>]'"
+            )
+        rate = _bitrate(match["rate"]) if match["rate"] else None
+        own = _bitrate(match["own_audio"]) if match["own_audio"] else None
+        if own is not None and own < 8_000:
+            raise LadderSettingError(f"{item!r}: an AAC bitrate below 8k cannot be encoded")
+        if position == 0 and (match["audio"] or int(match["height"]) != height or rate or own):
+            raise LadderSettingError(f"the first rung is the program ({width}x{height}): write it as '{height}p'")
         if match["audio"]:
-            if position == 0:
-                raise LadderSettingError("the first rung is the program: a video rung such as '720p'")
-            if rate is not None:
-                raise LadderSettingError("'audio' carries the program's AAC (CLASSCAST_PROGRAM_AUDIO_BITRATE)")
-            rungs.append(Rung(AUDIO, 0, 0, fps, 0, audio_bitrate))
+            rungs.append(Rung(AUDIO, 0, 0, fps, 0, own or audio_bitrate, own_audio=own is not None))
             continue
         h = int(match["height"])
         if position == 0:
-            if h != height or rate is not None:
-                raise LadderSettingError(f"the first rung is the program ({width}x{height}): write it as '{height}p'")
             rungs.append(Rung(item, width, height, fps, video_bitrate, audio_bitrate))
             continue
         if not 0 < h < height:
             raise LadderSettingError(f"{item!r}: a lower rung must be smaller than the program ({height}p)")
         w = round(width * h / height / 2) * 2  # the program's aspect, even for YUV 4:2:0
         bitrate = rate or DEFAULT_VIDEO_BITRATES.get(h) or int(video_bitrate * ((w * h) / (width * height)) ** 0.75)
-        rungs.append(Rung(f"{h}p", w, h - h % 2, fps, bitrate, audio_bitrate))
+        rungs.append(Rung(f"{h}p", w, h - h % 2, fps, bitrate, own or audio_bitrate, own_audio=own is not None))
     names = [r.name for r in rungs]
     if len(set(names)) != len(names):
         raise LadderSettingError(f"a rung is named twice in {text!r}")
@@ -115,10 +121,14 @@ def ladder_renditions(rungs: tuple[Rung, ...]) -> tuple[Rendition, ...]:
 
 def ladder_program_renditions(rungs: tuple[Rung, ...]) -> tuple[RenditionConfig, ...]:
     """The compositor's view: the rungs below the program, which it scales and encodes once more."""
-    return tuple(
-        RenditionConfig(r.name) if r.audio_only else RenditionConfig(r.name, r.width, r.height, r.video_bitrate, r.h264_level)
-        for r in rungs[1:]
-    )
+    out = []
+    for r in rungs[1:]:
+        own = r.audio_bitrate if r.own_audio else 0
+        if r.audio_only:
+            out.append(RenditionConfig(r.name, audio_bitrate=own))
+        else:
+            out.append(RenditionConfig(r.name, r.width, r.height, r.video_bitrate, r.h264_level, audio_bitrate=own))
+    return tuple(out)
 
 
 def ladder_stream_key(stream_key: str, rung: str) -> str:

@@ -313,7 +313,7 @@ class ClassConsumer(AsyncWebsocketConsumer):
             await database_sync_to_async(action)(self.classroom_id, self.actor, message.fields)
             await self._send({"type": "ack", "ref": message.ref, "for": message.type})
         elif message.type == "rtc.join":
-            await self._media_join()
+            await self._media_join(max_height=message.fields.get("max_height"))
         elif message.type == "rtc.answer":
             await self._media_forward("media.answer", **message.fields)
         elif message.type == "rtc.candidate":
@@ -327,7 +327,7 @@ class ClassConsumer(AsyncWebsocketConsumer):
 
     # --- media -------------------------------------------------------------------------------------
 
-    async def _media_join(self) -> None:
+    async def _media_join(self, *, max_height: int | None = None) -> None:
         session = await database_sync_to_async(session_live_get)(classroom_id=self.classroom_id)
         if session is None:
             raise InvalidState("the class is not live")
@@ -357,6 +357,8 @@ class ClassConsumer(AsyncWebsocketConsumer):
                 "publish": publish,
                 "hidden": self.service is not None,
                 "muted": muted,
+                # Only egress picks its layer; a member's own link decides theirs.
+                "max_height": max_height if self.service is not None else None,
             },
         )
         log.info("media join", extra={"class_id": self.classroom_id, "session_id": session.pk})
@@ -414,7 +416,10 @@ class ClassConsumer(AsyncWebsocketConsumer):
         await self._send({"type": "presence", "participants": event["participants"]})
 
     async def media_offer(self, event: dict[str, Any]) -> None:
-        await self._send({"type": "rtc.offer", "pc": event["pc"], "sdp": event["sdp"], "tracks": event["tracks"]})
+        offer = {"type": "rtc.offer", "pc": event["pc"], "sdp": event["sdp"], "tracks": event["tracks"]}
+        if "layers" in event:  # publish: which m-line carries which video layer
+            offer["layers"] = event["layers"]
+        await self._send(offer)
 
     async def media_state(self, event: dict[str, Any]) -> None:
         await self._send({"type": "rtc.state", "pc": event["pc"], "state": event["state"]})

@@ -12,7 +12,9 @@ Client -> server types and their fields:
     stage.accept / stage.decline / stage.leave       the invited / on-stage student
     stage.mute {kind, muted, user_id?}               self, or the instructor for anyone
     chat.send {text}
-    rtc.join                                         on-stage member (or service token): ask for an offer
+    rtc.join {max_height?}                           on-stage member (or service token): ask for an offer;
+                                                     an egress service may ask for the video layer that
+                                                     fits its tile (the highest otherwise)
     rtc.answer {pc, sdp}                             answer to the media node's offer for connection `pc`
     rtc.candidate {pc, candidate, sdpMid?, sdpMLineIndex?}   trickle ICE ("" = end of candidates)
 
@@ -83,6 +85,12 @@ class Message:
 def _int_id(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not (0 < value < 2**63):
         raise ValueError("must be a positive integer")
+    return value
+
+
+def _max_height(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not (0 < value <= 4320):
+        raise ValueError("must be a height in pixels (1-4320)")
     return value
 
 
@@ -233,7 +241,7 @@ SCHEMAS: dict[str, dict[str, tuple[Callable[[Any], Any], bool]]] = {
     "stage.leave": {},
     "stage.mute": {"kind": (_kind, True), "muted": (_bool, True), "user_id": (_int_id, False)},
     "chat.send": {"text": (_text(MAX_CHAT_CHARS, multiline=True), True)},
-    "rtc.join": {},
+    "rtc.join": {"max_height": (_max_height, False)},
     "rtc.answer": {"pc": (_pc_name, True), "sdp": (_sdp, True)},
     "rtc.candidate": {
         "pc": (_pc_name, True),

@@ -17,6 +17,7 @@ export class StageCall {
     this.sub = null;
     this.iceServers = [];
     this.local = null;
+    this.clones = []; // the camera once more per extra layer
     this.localReady = Promise.resolve({ ok: false });
     this.generation = 0;
     this.tracks = {};
@@ -65,23 +66,41 @@ export class StageCall {
     return pc;
   }
 
-  async handleOffer({ pc: name, sdp, tracks }) {
+  async handleOffer({ pc: name, sdp, tracks, layers }) {
     if (!sdp) return; // joined, nothing to receive yet
     if (name === "publish") {
       const pub = this.pub = this.pub || this.newPc("publish");
       await Promise.all([pub.setRemoteDescription({ type: "offer", sdp }), this.localReady]);
       if (this.pub !== pub) return; // the call ended meanwhile
+      // The node offers one video m-line per layer (`layers`: mid -> how to encode it): the camera
+      // goes on each, scaled down, so every subscriber can be sent what its link carries. A clone per
+      // extra layer: Chromium serves all senders of one track at the lowest frame rate and size any of
+      // them asks for (a 15 fps layer would make every layer 15 fps).
+      const encoded = [];
+      let cameraUsed = false;
       for (const t of pub.getTransceivers()) {
-        const track = this.local && this.local.getTracks().find((x) => x.kind === t.receiver.track.kind);
-        if (track) {
+        const kind = t.receiver.track.kind;
+        const layer = layers && kind === "video" ? layers[t.mid] : undefined;
+        let track = this.local && this.local.getTracks().find((x) => x.kind === kind);
+        if (track && layer) {
+          if (cameraUsed) {
+            track = track.clone();
+            this.clones.push(track);
+          }
+          cameraUsed = true;
+        }
+        if (track && (kind !== "video" || !layers || layer)) {
           await t.sender.replaceTrack(track);
           t.direction = "sendonly";
+          if (layer) encoded.push([t.sender, layer]);
         } else {
           t.direction = "inactive";
         }
       }
       await pub.setLocalDescription(await pub.createAnswer());
       this.send("rtc.answer", { pc: "publish", sdp: pub.localDescription.sdp });
+      // After the answer: a sender has its encoding to change only once negotiated.
+      await Promise.all(encoded.map(([sender, layer]) => this.encodeLayer(sender, layer)));
       return;
     }
     this.sub = this.sub || this.newPc("subscribe");
@@ -90,6 +109,21 @@ export class StageCall {
     this.send("rtc.answer", { pc: "subscribe", sdp: this.sub.localDescription.sdp });
     this.tracks = tracks || {};
     this.onRemote(this.remoteStreams());
+  }
+
+  async encodeLayer(sender, layer) {
+    const params = sender.getParameters();
+    if (!params.encodings || !params.encodings.length) params.encodings = [{}];
+    Object.assign(params.encodings[0], {
+      scaleResolutionDownBy: layer.scale_down_by,
+      maxBitrate: layer.max_bitrate_bps,
+      maxFramerate: layer.max_fps,
+    });
+    try {
+      await sender.setParameters(params);
+    } catch (err) { // the layer still goes out, unscaled: the node measures what it gets
+      console.warn(`layer ${layer.layer}: setParameters failed`, err);
+    }
   }
 
   remoteStreams() {
@@ -168,7 +202,7 @@ export class StageCall {
 
   setEnabled(kind, enabled) {
     if (!this.local) return;
-    for (const t of this.local.getTracks()) if (t.kind === kind) t.enabled = enabled;
+    for (const t of [...this.local.getTracks(), ...this.clones]) if (t.kind === kind) t.enabled = enabled;
   }
 
   closePc() {
@@ -177,6 +211,8 @@ export class StageCall {
     for (const pc of [this.pub, this.sub]) if (pc) pc.close();
     this.pub = null;
     this.sub = null;
+    for (const t of this.clones) t.stop(); // the next publish connection clones anew
+    this.clones = [];
     this.tracks = {};
     this.prev.clear();
   }
