@@ -249,6 +249,10 @@ CLASSCAST_MEDIA_NODE_ID = env_str("CLASSCAST_MEDIA_NODE_ID", f"{socket.gethostna
 CLASSCAST_MEDIA_NODE_HEARTBEAT_S = env_int("CLASSCAST_MEDIA_NODE_HEARTBEAT_S", 5)
 # How often the node collects every participant's link figures (/metrics, the pages' tile indicators).
 CLASSCAST_MEDIA_NODE_STATS_S = float(env_str("CLASSCAST_MEDIA_NODE_STATS_S", "2"))
+# What the node sends each subscriber leaves at this multiple of that subscriber's estimate (its
+# browser's REMB, lowered by the loss it reports), audio first, retransmissions within a budget
+# (rtc/pacer.py). 0 turns pacing off: every packet leaves at once, as aiortc sends it.
+CLASSCAST_STAGE_PACING_FACTOR = float(env_str("CLASSCAST_STAGE_PACING_FACTOR", "1.5"))
 CLASSCAST_MEDIA_NODE_CAPACITY = env_int("CLASSCAST_MEDIA_NODE_CAPACITY", 12)  # stage members per node
 CLASSCAST_MEDIA_NODE_METRICS_PORT = env_int("CLASSCAST_MEDIA_NODE_METRICS_PORT", 0)
 CLASSCAST_STAGE_LIMIT = env_int("CLASSCAST_STAGE_LIMIT", 9)

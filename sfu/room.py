@@ -44,6 +44,8 @@ from rtc.encoded_tap import (
     receiver_tap,
     sender_feedback_tap,
 )
+from rtc.pacer import Pacer, PacerConfig
+from rtc.pacing import connection_pace
 
 from . import SfuError
 from .forwarding import ForwardTrack, PublishedLayers, PublishedTrack
@@ -109,6 +111,7 @@ class Peer:
     up: LegCounters = field(default_factory=LegCounters)
     down: LegCounters = field(default_factory=LegCounters)
     quality: PeerQuality | None = None
+    pacer: Pacer | None = None  # in front of the subscribe connection, when the room paces
 
     def pcs(self) -> list[tuple[str, RTCPeerConnection]]:
         return [(name, pc) for name, pc in ((PUBLISH, self.pub), (SUBSCRIBE, self.sub)) if pc is not None]
@@ -123,8 +126,10 @@ class Room:
     def __init__(
         self, *, session_id: int, rtc_config: RTCConfiguration, send: Send, video_codec: str = "vp8",
         udp_receive_buffer: int = 0, observer: RoomObserver | None = None, layers: StageLayersConfig = ONE_LAYER,
+        pacing: PacerConfig | None = None,
     ) -> None:
         self.session_id = session_id
+        self.pacing = pacing  # None: every packet leaves at once, as aiortc sends it
         self.layers = layers
         self._adapting: asyncio.Task[None] | None = None
         self.observer = observer or RoomObserver()
@@ -300,8 +305,11 @@ class Room:
             free.setCodecPreferences(self.codecs[kind])
             # PLI/FIR and REMB from this subscriber go to whichever publisher the transceiver carries;
             # REMB and loss also choose the layer it gets.
-            sender_feedback_tap(free.sender, on_keyframe_request=forward.request_keyframe,
-                                on_remb=forward.feedback_remb, on_loss=forward.feedback_loss)
+            sender_feedback_tap(
+                free.sender, on_keyframe_request=forward.request_keyframe,
+                on_remb=lambda bps, f=forward, s=sub: (f.feedback_remb(bps), self._pace(s)),
+                on_loss=lambda fraction, f=forward, s=sub: (f.feedback_loss(fraction), self._pace(s)),
+            )
             # Chromium's REMB is its whole connection's: each video track this subscriber gets has a share.
             forward.share = lambda s=sub: sum(1 for (_, k) in s.outbound if k == "video")
             sub.switches[free] = forward
@@ -363,6 +371,10 @@ class Room:
             return  # it is leaving
         peer.negotiating = True
         await pc.setLocalDescription(await pc.createOffer())
+        if self.pacing is not None:
+            if peer.pacer is None:
+                peer.pacer = Pacer(self.pacing)
+            connection_pace(pc, peer.pacer)  # again after each offer: new transceivers, new payload types
         tracks = {
             transceiver.mid: {**self.peers[pub_id].describe(), "kind": kind}
             for (pub_id, kind), transceiver in peer.outbound.items()
@@ -372,6 +384,19 @@ class Room:
             peer.spec.peer_id,
             {"type": "media.offer", "pc": SUBSCRIBE, "sdp": pc.localDescription.sdp, "tracks": tracks},
         )
+
+    def _pace(self, sub: Peer) -> None:
+        """The subscriber's connection is paced at the lowest estimate of its video tracks (its browser's
+        REMB, lowered by the loss it reports): what its link carries, whoever's media it is."""
+        if sub.pacer is None:
+            return
+        now = time.monotonic()
+        estimates = [
+            bps for forward in sub.switches.values()
+            if forward.kind == "video" and (bps := forward.link.bps(now)) is not None
+        ]
+        if estimates:
+            sub.pacer.set_estimate(min(estimates))
 
     # --- connection state and stats ----------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from django.conf import settings
 
 from sfu import SfuError
 from sfu.layers import layers_parse
+from rtc.pacer import PacerConfig
 from sfu.observer import RoomObserver
 from sfu.quality import PeerQuality
 from sfu.room import PeerSpec, Room
@@ -218,6 +219,8 @@ class MediaNode:
                 session_id=session_id, rtc_config=self.rtc_config, send=self.layer.send,
                 video_codec=settings.CLASSCAST_VIDEO_CODEC, udp_receive_buffer=settings.CLASSCAST_UDP_RECEIVE_BUFFER,
                 observer=METRICS_OBSERVER, layers=self.stage_layers,
+                pacing=PacerConfig(factor=settings.CLASSCAST_STAGE_PACING_FACTOR)
+                if settings.CLASSCAST_STAGE_PACING_FACTOR > 0 else None,
             )
         return room
 
