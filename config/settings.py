@@ -253,6 +253,10 @@ CLASSCAST_MEDIA_NODE_STATS_S = float(env_str("CLASSCAST_MEDIA_NODE_STATS_S", "2"
 # browser's REMB, lowered by the loss it reports), audio first, retransmissions within a budget
 # (rtc/pacer.py). 0 turns pacing off: every packet leaves at once, as aiortc sends it.
 CLASSCAST_STAGE_PACING_FACTOR = float(env_str("CLASSCAST_STAGE_PACING_FACTOR", "1.5"))
+# Where publishers' browsers start their send-side bandwidth estimate (x-google-start-bitrate): a clean
+# link reaches the top layer in seconds, a weak one backs off on its first losses. 0: the browser's own
+# (300 kbit/s in Chromium).
+CLASSCAST_STAGE_START_BITRATE_KBPS = env_int("CLASSCAST_STAGE_START_BITRATE_KBPS", 1000)
 CLASSCAST_MEDIA_NODE_CAPACITY = env_int("CLASSCAST_MEDIA_NODE_CAPACITY", 12)  # stage members per node
 CLASSCAST_MEDIA_NODE_METRICS_PORT = env_int("CLASSCAST_MEDIA_NODE_METRICS_PORT", 0)
 CLASSCAST_STAGE_LIMIT = env_int("CLASSCAST_STAGE_LIMIT", 9)

@@ -43,6 +43,7 @@ from rtc.encoded_tap import (
     receiver_request_keyframe,
     receiver_tap,
     sender_feedback_tap,
+    video_start_bitrate_negotiate,
 )
 from rtc.pacer import Pacer, PacerConfig
 from rtc.pacing import connection_pace
@@ -126,7 +127,7 @@ class Room:
     def __init__(
         self, *, session_id: int, rtc_config: RTCConfiguration, send: Send, video_codec: str = "vp8",
         udp_receive_buffer: int = 0, observer: RoomObserver | None = None, layers: StageLayersConfig = ONE_LAYER,
-        pacing: PacerConfig | None = None,
+        pacing: PacerConfig | None = None, start_bitrate_kbps: int = 0,
     ) -> None:
         self.session_id = session_id
         self.pacing = pacing  # None: every packet leaves at once, as aiortc sends it
@@ -136,7 +137,8 @@ class Room:
         self.rtc_config = rtc_config
         self.udp_receive_buffer = udp_receive_buffer  # bytes per publisher socket; 0 keeps the kernel's
         self.send = send
-        opus_fec_negotiate()  # before the preferences: they must carry the same Opus parameters
+        opus_fec_negotiate()  # before the preferences: they must carry the same codec parameters
+        video_start_bitrate_negotiate(start_bitrate_kbps)
         self.codecs = {"audio": codec_preferences("audio", "opus"), "video": codec_preferences("video", video_codec)}
         self.peers: dict[str, Peer] = {}
         # FIFO: signaling for one room is applied in arrival order (answer before its candidates).

@@ -31,6 +31,7 @@ from rtc.encoded_tap import (
     ice_receive_buffer,
     opus_fec_negotiate,
     receiver_audio_passthrough,
+    video_start_bitrate_negotiate,
     receiver_estimator_off,
     receiver_request_keyframe,
     receiver_tap,
@@ -699,3 +700,20 @@ async def test_opus_is_offered_with_inband_fec() -> None:
         assert fmtp and all(f"{k}={v}" in fmtp[0] for k, v in OPUS_FMTP.items()), fmtp
     finally:
         await pc.close()
+
+
+async def test_browsers_are_told_where_to_start_their_video_estimate() -> None:
+    try:
+        video_start_bitrate_negotiate(1000)
+        video_start_bitrate_negotiate(1000)  # idempotent
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        try:
+            transceiver = pc.addTransceiver("video", direction="recvonly")
+            transceiver.setCodecPreferences(_only("video", "video/VP8"))
+            await pc.setLocalDescription(await pc.createOffer())
+            fmtp = [line for line in pc.localDescription.sdp.splitlines() if line.startswith("a=fmtp:")]
+            assert any("x-google-start-bitrate=1000" in line for line in fmtp), fmtp
+        finally:
+            await pc.close()
+    finally:
+        video_start_bitrate_negotiate(0)  # other tests build their preferences from the plain list

@@ -221,6 +221,7 @@ class MediaNode:
                 observer=METRICS_OBSERVER, layers=self.stage_layers,
                 pacing=PacerConfig(factor=settings.CLASSCAST_STAGE_PACING_FACTOR)
                 if settings.CLASSCAST_STAGE_PACING_FACTOR > 0 else None,
+                start_bitrate_kbps=settings.CLASSCAST_STAGE_START_BITRATE_KBPS,
             )
         return room
 
