@@ -52,7 +52,7 @@ def test_lost_connection_is_shown_and_the_page_rejoins_by_itself(live_server_pro
     ben.wait_for_selector("#banner.ok:has-text('Reconnected')", timeout=30_000)
     # Back on stage without anyone clicking: both decode each other again.
     for name, page in (("ada", ada), ("ben", ben)):
-        page.wait_for_function("window.classcast.inCall && window.classcast.call.sub !== null", timeout=30_000)
+        page.wait_for_function("() => window.classcast.inCall && window.classcast.call.sub !== null", timeout=30_000)
         try:
             fps, _ = decoded_fps(page, seconds=3)
         except AssertionError as exc:

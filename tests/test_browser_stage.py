@@ -102,7 +102,7 @@ def test_stage_flow_two_browsers_and_a_watcher(live_server_proc, live_demo, brow
     assert "classcast_live_sessions 1.0" in metrics
 
     # The watcher saw every stage event but holds no peer connection.
-    cleo.wait_for_function("document.querySelectorAll('#stage-grid .tile').length === 2")
+    cleo.wait_for_function("() => document.querySelectorAll('#stage-grid .tile').length === 2")
     assert cleo.evaluate("window.__pcCount") == 0
     kinds = cleo.evaluate("window.classcast.events.map(e => e.kind)")
     for kind in ("session.started", "hand.raised", "stage.invited", "stage.joined"):
@@ -114,6 +114,6 @@ def test_stage_flow_two_browsers_and_a_watcher(live_server_proc, live_demo, brow
     ada.wait_for_selector(f'#stage-grid .tile[data-user-id="{ben_id}"]', state="detached")
     ben.wait_for_selector("#raise-hand:not([hidden])")
     assert ben.evaluate("window.classcast.call.pub === null && window.classcast.call.sub === null")
-    cleo.wait_for_function("document.querySelectorAll('#stage-grid .tile').length === 1")
+    cleo.wait_for_function("() => document.querySelectorAll('#stage-grid .tile').length === 1")
     for ctx in (ada.context, ben.context, cleo_ctx):
         ctx.close()
