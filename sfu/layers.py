@@ -87,6 +87,11 @@ class ByteRate:
         self._trim(now)
         return bool(self._samples)
 
+    def fps(self, now: float) -> float:
+        """Frames per second over the window (one sample is one frame)."""
+        self._trim(now)
+        return len(self._samples) / self.window_s
+
     def _trim(self, now: float) -> None:
         while self._samples and self._samples[0][0] < now - self.window_s:
             self._bytes -= self._samples.popleft()[1]

@@ -196,3 +196,31 @@ async def test_a_subscriber_receiving_several_publishers_caps_each_with_its_shar
     assert out.source.remb_cap() == 500_000
     assert out.link.bps(out.link.remb_at) == 1_000_000  # the chooser divides it itself
     out.stop()
+
+
+def test_a_starved_layer_is_not_offered_while_a_smoother_one_is():
+    """A weak uplink's estimate spread over every layer leaves the top one at a frame every few seconds:
+    subscribers get the layer that still moves, and only when none does, whatever is sending."""
+    tracks = [PublishedTrack("video", request_keyframe=lambda: None) for _ in "fhq"]
+    layers = PublishedLayers(DEFAULT_LAYERS, tracks)
+    now = 100.0
+    for t in tracks:
+        t.rate.add(now - 10.0, 1000)  # all started long ago
+        t.frames = 1
+    layers.active(now - 10.0)
+    for i in range(60):  # the last 2 s: f at 1 fps, h at 30 fps, q at 15 fps
+        at = now - 2.0 + i / 30
+        if i % 30 == 0:
+            tracks[0].rate.add(at, 5000)
+        tracks[1].rate.add(at, 1000)
+        if i % 2 == 0:
+            tracks[2].rate.add(at, 400)
+    assert layers.active(now) == [False, True, True]
+    slow = [PublishedTrack("video", request_keyframe=lambda: None) for _ in "fhq"]
+    starved = PublishedLayers(DEFAULT_LAYERS, slow)
+    for t in slow:
+        t.rate.add(now - 10.0, 1000)
+        t.frames = 1
+    starved.active(now - 10.0)
+    slow[0].rate.add(now - 1.0, 5000)  # only the top layer sends, and barely
+    assert starved.active(now) == [True, False, False]
