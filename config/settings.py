@@ -266,7 +266,7 @@ CLASSCAST_VIDEO_CODEC = env_str("CLASSCAST_VIDEO_CODEC", "vp8")
 # The stage's video layers, highest first, `name:height:scale_down_by:max_bps:max_fps` (sfu/layers.py):
 # each publisher sends its camera once per layer, each subscriber gets the one its link carries.
 # One entry turns layering off.
-CLASSCAST_STAGE_LAYERS = env_str("CLASSCAST_STAGE_LAYERS", "f:360:1:1200000:30,h:180:2:250000:30,q:90:4:100000:15")
+CLASSCAST_STAGE_LAYERS = env_str("CLASSCAST_STAGE_LAYERS", "f:360:1:1200000:30,h:180:2:200000:30,q:90:4:100000:15")
 # Service tokens (egress workers joining as hidden subscribers).
 CLASSCAST_SERVICE_TOKEN_TTL_S = env_int("CLASSCAST_SERVICE_TOKEN_TTL_S", 300)
 # /metrics is open unless a bearer token is set (scrape it from the internal network).

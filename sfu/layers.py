@@ -49,7 +49,7 @@ class StageLayersConfig:
 # h fits a 300 kbit/s link with the audio and packet overhead beside it.
 DEFAULT_LAYERS = StageLayersConfig(layers=(
     LayerConfig("f", 360, 1.0, 1_200_000, 30),
-    LayerConfig("h", 180, 2.0, 250_000, 30),
+    LayerConfig("h", 180, 2.0, 200_000, 30),  # with Opus and overhead, under a 300 kbit/s link
     LayerConfig("q", 90, 4.0, 100_000, 15),
 ))
 

@@ -44,6 +44,6 @@ def test_a_page_publishes_every_layer_and_another_decodes_one_tile(live_server_p
     widths = sorted(x["width"] for x in sent["streams"])
     # Chromium's fake camera is 640x480: the layers are it, halved and quartered.
     assert widths == [160, 320, 640], sent
-    assert sorted(sent["maxBitrates"]) == [100_000, 250_000, 1_200_000]
+    assert sorted(sent["maxBitrates"]) == [100_000, 200_000, 1_200_000]
     wait_until(lambda: ben.evaluate(DECODED) > 30, what="ben decodes ada's video", timeout=30)
     assert ben.locator("#stage-grid .tile:not(.me)").count() == 1  # one tile for ada, not one per layer

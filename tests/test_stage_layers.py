@@ -127,7 +127,7 @@ def test_byte_rate_window():
 
 
 def test_layer_config_parsing_and_fit():
-    assert layers_parse("f:360:1:1200000:30, h:180:2:250000:30,q:90:4:100000:15") == DEFAULT_LAYERS
+    assert layers_parse("f:360:1:1200000:30, h:180:2:200000:30,q:90:4:100000:15") == DEFAULT_LAYERS
     assert DEFAULT_LAYERS.fitting(720) == 0 and DEFAULT_LAYERS.fitting(200) == 1 and DEFAULT_LAYERS.fitting(10) == 2
     with pytest.raises(ValueError):
         StageLayersConfig(layers=())
