@@ -122,7 +122,7 @@ async def test_a_room_reports_each_participants_legs_and_forgets_who_left():
             await client.close()
 
 
-def test_per_participant_gauges_are_set_and_removed_when_they_leave():
+def test_per_participant_gauges_are_set_and_removed_when_they_leave(db):  # db: /metrics collectors read it
     from prometheus_client import REGISTRY
 
     from classroom.media_node.node import MetricsObserver

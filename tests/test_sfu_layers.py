@@ -206,7 +206,7 @@ async def test_a_publisher_sending_one_video_still_reaches_everyone(layered_room
         await close_all(room, clients)
 
 
-def test_the_media_node_gauges_the_layer_each_subscriber_gets_until_it_goes():
+def test_the_media_node_gauges_the_layer_each_subscriber_gets_until_it_goes(db):  # db: /metrics collectors read it
     from prometheus_client import REGISTRY
 
     from classroom.media_node.node import MetricsObserver
