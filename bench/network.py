@@ -404,8 +404,8 @@ def _sent(fig: FlowFigures) -> str:
 
 
 def _ratio(ours: Any, peer: Any) -> str:
-    if not isinstance(ours, (int, float)) or not isinstance(peer, (int, float)) or ours is None or peer is None:
-        return "-"
+    if not isinstance(ours, (int, float)) or not isinstance(peer, (int, float)):
+        return "-"  # a resolution, or a figure missing on one side
     if peer == 0:
         return "=" if ours == 0 else "inf"
     return f"{ours / peer:.2f}"
