@@ -389,16 +389,22 @@ class Room:
 
     def _pace(self, sub: Peer) -> None:
         """The subscriber's connection is paced at the lowest estimate of its video tracks (its browser's
-        REMB, lowered by the loss it reports): what its link carries, whoever's media it is."""
+        REMB, lowered by the loss it reports), but never below what the layers it is given (or about to
+        be) bring: pacing smooths bursts and budgets retransmissions; choosing layers is what fits the
+        average rate to the link. A receive-side estimate only grows to ~1.5x what arrives, so pacing
+        under the chosen layers would starve every move up."""
         if sub.pacer is None:
             return
         now = time.monotonic()
-        estimates = [
-            bps for forward in sub.switches.values()
-            if forward.kind == "video" and (bps := forward.link.bps(now)) is not None
-        ]
-        if estimates:
-            sub.pacer.set_estimate(min(estimates))
+        videos = [forward for forward in sub.switches.values() if forward.kind == "video"]
+        estimates = [bps for forward in videos if (bps := forward.link.bps(now)) is not None]
+        if not estimates:
+            return
+        need = sum(
+            max((layer.rate.bps(now) for layer in (forward.source, forward.pending) if layer is not None), default=0.0)
+            for forward in videos
+        )
+        sub.pacer.set_estimate(max(min(estimates), need))
 
     # --- connection state and stats ----------------------------------------------------------------
 

@@ -4,9 +4,27 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import stage_start, wait_until
+from .conftest import start_live_server, stage_start, stop_processes, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.once]
+
+# Three layers, whatever the deployment's default (one layer until layering holds up on impaired uplinks).
+LAYERS = "f:360:1:1200000:30,h:180:2:200000:30,q:90:4:100000:15"
+
+
+@pytest.fixture
+def layered_server(transactional_db, tmp_path):
+    """A live server whose media node runs three layers, and the demo class (made before the browser's
+    event loop starts: the ORM refuses to run inside it)."""
+    from classroom.models import MediaNode
+    from classroom.services.demo import demo_seed
+
+    MediaNode.objects.all().delete()
+    server = start_live_server(tmp_path, CLASSCAST_STAGE_LAYERS=LAYERS)
+    try:
+        yield server, demo_seed()
+    finally:
+        stop_processes(server.procs)
 
 OUTBOUND_VIDEO = """
 async () => {
@@ -35,8 +53,9 @@ async () => {
 """
 
 
-def test_a_page_publishes_every_layer_and_another_decodes_one_tile(live_server_proc, live_demo, browser):
-    ada, (ben,) = stage_start(browser, live_server_proc, live_demo, "ben")
+def test_a_page_publishes_every_layer_and_another_decodes_one_tile(layered_server, browser):
+    server, demo = layered_server
+    ada, (ben,) = stage_start(browser, server, demo, "ben")
     sent = wait_until(
         lambda: (s := ada.evaluate(OUTBOUND_VIDEO)) and len(s["streams"]) == 3 and all(x["width"] for x in s["streams"])
         and s, what="three video layers sent", timeout=30,
