@@ -29,25 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from .conftest import CHROMIUM_ARGS
 from .netlab import ImpairedLink, write_chromium_wrapper
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
-# The browser tests' flags (tests/conftest.py): fake camera and tone, prompts answered, loopback allowed.
-BASE_CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--autoplay-policy=no-user-gesture-required",
-]
+# The browser tests' flags: fake camera and tone, prompts answered, loopback allowed.
+BASE_CHROMIUM_ARGS = CHROMIUM_ARGS
 
 
 class NetlabStageError(RuntimeError):
