@@ -39,7 +39,6 @@ from urllib.parse import parse_qsl
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.core import signing
 from django.db.models import F
 from django.http import Http404, HttpRequest, HttpResponse
@@ -55,7 +54,8 @@ from . import metrics
 from .hls_blocking import playlist_watch, regular_file_read
 from .models import Classroom
 from .permissions import can_view_class
-from .selectors import actor_get
+from .selectors import actor_current, actor_get
+from .services.ingest import hls_rung_folder, hls_text_read
 from .services.ingest import hls_folder_path
 from .services.viewers import WINDOW_S as VIEWER_WINDOW_S
 from .services.viewers import viewer_seen
@@ -151,8 +151,8 @@ def hls_token_read(*, token: str, classroom_id: int) -> HlsGrant | None:
 def hls_grant_honoured(*, grant: HlsGrant, classroom: Classroom) -> bool:
     """Does the grant still give access (asked of the database: revocation counts at once)?"""
     if grant.user_id is not None:
-        user = get_user_model().objects.filter(pk=grant.user_id, is_active=True).first()
-        return user is not None and can_view_class(actor_get(user=user, classroom_id=classroom.pk))
+        actor = actor_current(user_id=grant.user_id, classroom_id=classroom.pk)
+        return actor is not None and can_view_class(actor)
     return grant.generation == classroom.hls_token_generation and hmac.compare_digest(
         grant.key_tag, _key_tag(classroom.stream_key)
     )
@@ -190,24 +190,6 @@ def hls_folder_get(*, classroom_id: int) -> Path | None:
         return None
     real = Path(os.path.realpath(folder))
     return real if real == expected and real.is_dir() else None
-
-
-def hls_rung_folder(folder: Path, rung: str) -> Path | None:
-    """A ladder rung's folder inside the session folder: a real directory of its own, never a symlink
-    (which could lead anywhere on the disk); None otherwise."""
-    path = folder / rung
-    try:
-        return path if stat_mode.S_ISDIR(os.lstat(path).st_mode) else None
-    except OSError:
-        return None
-
-
-def hls_text_read(path: Path) -> str | None:
-    """A playlist's text if `path` is a regular file (not a symlink); None otherwise."""
-    try:
-        return regular_file_read(path).decode("utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
 
 
 def _with_token(uri: str, token: str) -> str:

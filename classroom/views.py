@@ -14,15 +14,15 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from hls_packager.ladder import master_first_variant
 
-from .hls_views import hls_folder_get, hls_rung_folder, hls_text_read, hls_token_issue
+from .hls_views import hls_folder_get, hls_token_issue
 from .metrics import database_collector_register
 from .models import ACTIVE_STAGE_STATES, Broadcast, Classroom, StageMembership
 from .permissions import Actor, can_manage_session, can_view_class
 from .selectors import actor_get, classrooms_for_user, session_live_get
 from .services.broadcast import broadcast_active, studio_info
 from .services.ice import ice_servers_for
+from .services.ingest import hls_text_read, program_media_folder
 from .services.viewers import viewers_count
 
 NO_SUCH_CLASS = "No such class."
@@ -124,16 +124,11 @@ def playlist_url(*, classroom: Classroom, user_id: int | None) -> str:
 
 def hls_state(*, classroom: Classroom) -> dict:
     """Is there a broadcast to watch, from the compositor or from OBS? The playlist on disk says."""
-    folder = hls_folder_get(classroom_id=classroom.pk)
+    session = hls_folder_get(classroom_id=classroom.pk)
+    folder = program_media_folder(session) if session is not None else None  # a ladder: its top rung says
     live = hls_text_read(folder / "live.m3u8") if folder is not None else None
     if live is None:  # none yet, or not a file we would serve
         return {"live": False, "ended": False}
-    top = master_first_variant(live)
-    if top is not None:  # a ladder's master playlist: its top rung says whether the program goes on
-        folder = hls_rung_folder(folder, top)
-        live = hls_text_read(folder / "live.m3u8") if folder is not None else None
-        if live is None:
-            return {"live": False, "ended": False}
     ended = hls_text_read(folder / "vod.m3u8") is not None or "#EXT-X-ENDLIST" in live
     return {"live": not ended, "ended": ended}
 

@@ -86,8 +86,6 @@ class ProgramEncoder:
         except (av.FFmpegError, ValueError) as exc:
             self._container.close()
             raise EncoderError(f"cannot open the program encoders: {exc}") from exc
-        self.video_template = video
-        self.audio_template = audio
         self.audio_templates: dict[str, av.audio.stream.AudioStream] = {"": audio, **own_audio}
         # every video encoder by rung ("": the program)
         self.video_templates: dict[str, av.video.stream.VideoStream] = {"": video, **rungs}

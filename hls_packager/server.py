@@ -80,7 +80,9 @@ class IngestServer:
 
     async def start(self) -> None:
         self.config.output_dir.mkdir(parents=True, exist_ok=True)
-        self._server = await asyncio.start_server(self._on_client, self.config.host, self.config.port, limit=2**16)
+        # The reader's own buffer stops taking from the socket past 2 x limit: small, so a client that has
+        # not published yet can make us hold a few KiB there too, not 128 (the kernel keeps the rest).
+        self._server = await asyncio.start_server(self._on_client, self.config.host, self.config.port, limit=2**13)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("RTMP ingest listening on %s:%s", self.config.host, self.port)
 

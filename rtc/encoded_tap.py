@@ -310,9 +310,8 @@ def receiver_audio_passthrough(receiver: Any) -> None:
 
 
 class _PassThrough:
-    """Stands in for aiortc's JitterBuffer on an audio receiver: one RTP packet is one Opus frame."""
-
-    capacity = 1
+    """Stands in for aiortc's JitterBuffer on an audio receiver (which only calls `add`): one RTP packet
+    is one Opus frame."""
 
     def __init__(self) -> None:
         self.highest: int | None = None  # extended sequence number of the newest packet passed on

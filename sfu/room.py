@@ -107,7 +107,6 @@ class Peer:
     connected: bool = False
     requested_at: float = field(default_factory=time.monotonic)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-    bytes_prev: tuple[float, int, int] | None = None
     lost_prev: dict[int, tuple[int, int]] = field(default_factory=dict)
     up: LegCounters = field(default_factory=LegCounters)
     down: LegCounters = field(default_factory=LegCounters)
@@ -453,12 +452,16 @@ class Room:
                 peer_id=spec.peer_id, user_id=spec.user_id, name=spec.name, hidden=spec.hidden, up=up, down=down
             )
             self.observer.peer_quality(session_id=self.session_id, quality=peer.quality)
-            bytes_in = bytes_out = 0
+            # The peer's bitrates are its legs' (media in on its publish connection, out on its subscribe one).
+            rate_in = up.kbps * 1000 if up is not None and up.kbps is not None else None
+            rate_out = down.kbps * 1000 if down is not None and down.kbps is not None else None
+            for direction, rate in (("inbound", rate_in), ("outbound", rate_out)):
+                if rate is not None:
+                    self.observer.bitrate(direction=direction, bps=rate)
+            total_in += rate_in or 0.0
+            total_out += rate_out or 0.0
             for stat in (value for report in reports.values() for value in report.values()):
-                if stat.type == "transport":
-                    bytes_in += stat.bytesReceived
-                    bytes_out += stat.bytesSent
-                elif stat.type == "remote-inbound-rtp" and stat.roundTripTime is not None:
+                if stat.type == "remote-inbound-rtp" and stat.roundTripTime is not None:
                     self.observer.rtt(seconds=stat.roundTripTime)
                 elif stat.type == "inbound-rtp":
                     clock = 48_000 if stat.kind == "audio" else 90_000
@@ -470,15 +473,6 @@ class Room:
                         if received + lost > 0:
                             self.observer.loss(kind=stat.kind, ratio=lost / (received + lost))
                     peer.lost_prev[stat.ssrc] = (stat.packetsReceived, stat.packetsLost)
-            if peer.bytes_prev is not None:
-                elapsed = max(now - peer.bytes_prev[0], 1e-3)
-                rate_in = (bytes_in - peer.bytes_prev[1]) * 8 / elapsed
-                rate_out = (bytes_out - peer.bytes_prev[2]) * 8 / elapsed
-                total_in += rate_in
-                total_out += rate_out
-                self.observer.bitrate(direction="inbound", bps=rate_in)
-                self.observer.bitrate(direction="outbound", bps=rate_out)
-            peer.bytes_prev = (now, bytes_in, bytes_out)
             video = peer.published.get("video")
             if video is not None:
                 prev = peer.frames_prev.get("video")

@@ -363,9 +363,7 @@ def stage_start(browser: Any, server: LiveServer, demo: dict[str, Any], *student
     return ada, pages
 
 
-@pytest.fixture
-def room_and_clients() -> tuple[Any, dict[str, Any]]:
-    """The media node's Room in this process, delivering to the test's aiortc clients by peer id."""
+def _room(**room_options: Any) -> tuple[Any, dict[str, Any]]:
     from classroom.media_node.node import ice_host_addresses_pin, rtc_configuration
     from sfu.room import Room
 
@@ -375,4 +373,29 @@ def room_and_clients() -> tuple[Any, dict[str, Any]]:
     async def send(channel: str, message: dict[str, Any]) -> None:
         await clients[channel].deliver(message)
 
-    return Room(session_id=1, rtc_config=rtc_configuration(), send=send), clients
+    return Room(session_id=1, rtc_config=rtc_configuration(), send=send, **room_options), clients
+
+
+@pytest.fixture
+def room_and_clients() -> tuple[Any, dict[str, Any]]:
+    """The media node's Room in this process, delivering to the test's aiortc clients by peer id."""
+    return _room()
+
+
+@pytest.fixture
+async def room_with() -> Any:
+    """`room_with(**Room options)` -> (room, clients) like room_and_clients; every peer leaves and every
+    client closes when the test ends."""
+    made: list[tuple[Any, dict[str, Any]]] = []
+
+    def make(**room_options: Any) -> tuple[Any, dict[str, Any]]:
+        made.append(_room(**room_options))
+        return made[-1]
+
+    yield make
+    for room, clients in made:
+        async with room.lock:
+            for peer_id in list(room.peers):
+                await room.leave(peer_id, reason="left")
+        for client in clients.values():
+            await client.close()

@@ -34,7 +34,7 @@ def media_folder(folder: Path) -> Path:
     """The program's own segments: the top rung's folder under a ladder's master playlist."""
     from classroom.services.ingest import program_media_folder
 
-    return program_media_folder(folder)
+    return program_media_folder(folder) or folder / "no-rung-yet"
 
 
 def playlist(folder: Path) -> m3u8.M3U8 | None:

@@ -16,9 +16,8 @@ from aiortc.stats import (
 
 from sfu.observer import RoomObserver
 from sfu.quality import LegCounters, LegQuality, PeerQuality, downlink_quality, uplink_quality
-from sfu.room import Room
 
-from .test_sfu import Client, join, wait_for
+from .test_sfu import join, wait_for
 
 pytestmark = pytest.mark.once  # pure media and the node's metrics: the deployment mode does not matter
 NOW = datetime.datetime(2026, 12, 7)
@@ -83,43 +82,28 @@ class Recorder(RoomObserver):
 
 
 @pytest.mark.slow
-async def test_a_room_reports_each_participants_legs_and_forgets_who_left():
-    from classroom.media_node.node import ice_host_addresses_pin, rtc_configuration
-
-    ice_host_addresses_pin(["127.0.0.1"])
-    clients: dict[str, Client] = {}
+async def test_a_room_reports_each_participants_legs_and_forgets_who_left(room_with):
     observer = Recorder()
-
-    async def send(channel: str, message: dict[str, Any]) -> None:
-        await clients[channel].deliver(message)
-
-    room = Room(session_id=7, rtc_config=rtc_configuration(), send=send, observer=observer)
+    room, clients = room_with(observer=observer)
     a, b = await join(room, clients, "a", 1), await join(room, clients, "b", 2)
-    try:
-        await wait_for(lambda: a.receiver_track(2, "video") is not None and b.receiver_track(1, "video") is not None)
-        latest: dict[str, PeerQuality] = {}
-        for _ in range(20):  # both connections up, then one interval to measure over
-            await room.stats_collect()
-            latest = {q.peer_id: q for q in observer.qualities}
-            if len(latest) == 2 and all(q.up and q.up.kbps and q.down and q.down.kbps for q in latest.values()):
-                break
-            await asyncio.sleep(0.5)
-        assert set(latest) == {"a", "b"}
-        for quality in latest.values():
-            assert quality.up is not None and quality.up.kbps and quality.up.kbps > 0  # media arrives from each
-            assert quality.down is not None and quality.down.kbps and quality.down.kbps > 0
-            assert quality.up.loss in (0.0, None)  # loopback loses nothing
-        snapshot = {p["user_id"]: p for p in room.quality_snapshot()}
-        assert set(snapshot) == {1, 2} and snapshot[1]["up"]["kbps"] > 0
-        async with room.lock:
-            await room.leave("b", reason="left")
-        assert observer.left == ["b"]
-    finally:
-        async with room.lock:
-            for peer_id in list(room.peers):
-                await room.leave(peer_id, reason="left")
-        for client in (a, b):
-            await client.close()
+    await wait_for(lambda: a.receiver_track(2, "video") is not None and b.receiver_track(1, "video") is not None)
+    latest: dict[str, PeerQuality] = {}
+    for _ in range(20):  # both connections up, then one interval to measure over
+        await room.stats_collect()
+        latest = {q.peer_id: q for q in observer.qualities}
+        if len(latest) == 2 and all(q.up and q.up.kbps and q.down and q.down.kbps for q in latest.values()):
+            break
+        await asyncio.sleep(0.5)
+    assert set(latest) == {"a", "b"}
+    for quality in latest.values():
+        assert quality.up is not None and quality.up.kbps and quality.up.kbps > 0  # media arrives from each
+        assert quality.down is not None and quality.down.kbps and quality.down.kbps > 0
+        assert quality.up.loss in (0.0, None)  # loopback loses nothing
+    snapshot = {p["user_id"]: p for p in room.quality_snapshot()}
+    assert set(snapshot) == {1, 2} and snapshot[1]["up"]["kbps"] > 0
+    async with room.lock:
+        await room.leave("b", reason="left")
+    assert observer.left == ["b"]
 
 
 def test_per_participant_gauges_are_set_and_removed_when_they_leave(db):  # db: /metrics collectors read it

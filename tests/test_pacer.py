@@ -198,34 +198,17 @@ def loopback_only_ice():
 
 
 @pytest.mark.slow
-async def test_a_room_paces_each_subscriber_at_its_own_estimate(loopback_only_ice):
-    from typing import Any
-
-    from classroom.media_node.node import rtc_configuration
-    from sfu.room import Room
-
+async def test_a_room_paces_each_subscriber_at_its_own_estimate(room_with):
     from .test_sfu import join, wait_for
 
-    clients: dict[str, Any] = {}
-
-    async def send(channel: str, message: dict[str, Any]) -> None:
-        await clients[channel].deliver(message)
-
-    room = Room(session_id=3, rtc_config=rtc_configuration(), send=send, pacing=PacerConfig())
+    room, clients = room_with(pacing=PacerConfig())
     a, b = await join(room, clients, "a", 1), await join(room, clients, "b", 2)
-    try:
-        await wait_for(lambda: a.receiver_track(2, "video") is not None and b.receiver_track(1, "video") is not None)
-        frame = await asyncio.wait_for(b.receiver_track(1, "video").recv(), timeout=20)
-        assert frame.width == 640  # paced, the picture still arrives whole
-        pacer = room.peers["b"].pacer
-        assert pacer is not None and pacer.audio_pts and pacer.rtx_pts  # payload types from the negotiation
-        # aiortc's receiver (standing in for the browser) sends REMB: the pacer follows it
-        await wait_for(lambda: pacer.estimate_bps is not None, timeout=20)
-        assert pacer.stats.sent["video"] > 0 and pacer.stats.sent["audio"] > 0
-        assert room.peers["a"].pacer is not pacer  # one per subscriber
-    finally:
-        async with room.lock:
-            for peer_id in list(room.peers):
-                await room.leave(peer_id, reason="left")
-        for client in (a, b):
-            await client.close()
+    await wait_for(lambda: a.receiver_track(2, "video") is not None and b.receiver_track(1, "video") is not None)
+    frame = await asyncio.wait_for(b.receiver_track(1, "video").recv(), timeout=20)
+    assert frame.width == 640  # paced, the picture still arrives whole
+    pacer = room.peers["b"].pacer
+    assert pacer is not None and pacer.audio_pts and pacer.rtx_pts  # payload types from the negotiation
+    # aiortc's receiver (standing in for the browser) sends REMB: the pacer follows it
+    await wait_for(lambda: pacer.estimate_bps is not None, timeout=20)
+    assert pacer.stats.sent["video"] > 0 and pacer.stats.sent["audio"] > 0
+    assert room.peers["a"].pacer is not pacer  # one per subscriber

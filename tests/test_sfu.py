@@ -259,33 +259,18 @@ class RecordingObserver(RoomObserver):
         return [kw for n, kw in self.calls if n == name]
 
 
-async def test_what_a_room_measures_leaves_through_its_observer():
+async def test_what_a_room_measures_leaves_through_its_observer(room_with):
     """The SFU imports no metrics: setups, join times and bitrates reach whatever observer it is given."""
-    from classroom.media_node.node import ice_host_addresses_pin, rtc_configuration
-
-    ice_host_addresses_pin(["127.0.0.1"])
-    clients: dict[str, Client] = {}
     observer = RecordingObserver()
-
-    async def send(channel: str, message: dict[str, Any]) -> None:
-        await clients[channel].deliver(message)
-
-    room = Room(session_id=1, rtc_config=rtc_configuration(), send=send, observer=observer)
+    room, clients = room_with(observer=observer)
     a = await join(room, clients, "a", 1)
-    b = await join(room, clients, "b", 2)
-    try:
-        await wait_for(lambda: len(observer.named("call_setup")) == 2)
-        assert observer.named("call_setup") == [{"result": "success"}] * 2
-        assert all(0 < kw["seconds"] < SETUP_TIMEOUT_S for kw in observer.named("joined"))
-        await wait_for(lambda: a.receiver_track(2, "video") is not None)
-        await room.stats_collect()  # the first collection sets the baseline of byte counts
-        await asyncio.sleep(0.5)
-        await room.stats_collect()
-        directions = {kw["direction"] for kw in observer.named("bitrate")}
-        assert directions == {"inbound", "outbound"}
-    finally:
-        async with room.lock:
-            for peer_id in list(room.peers):
-                await room.leave(peer_id, reason="left")
-        for client in (a, b):
-            await client.close()
+    await join(room, clients, "b", 2)
+    await wait_for(lambda: len(observer.named("call_setup")) == 2)
+    assert observer.named("call_setup") == [{"result": "success"}] * 2
+    assert all(0 < kw["seconds"] < SETUP_TIMEOUT_S for kw in observer.named("joined"))
+    await wait_for(lambda: a.receiver_track(2, "video") is not None)
+    await room.stats_collect()  # the first collection sets the baseline of byte counts
+    await asyncio.sleep(0.5)
+    await room.stats_collect()
+    directions = {kw["direction"] for kw in observer.named("bitrate")}
+    assert directions == {"inbound", "outbound"}

@@ -149,10 +149,7 @@ def _address_internal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool
             embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         if embedded is not None and _address_internal(embedded):
             return True
-    return (
-        ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_multicast or ip.is_reserved
-        or ip.is_unspecified or not ip.is_global
-    )
+    return ip.is_multicast or not ip.is_global  # not global: loopback, private, link-local, reserved, unspecified...
 
 
 def _url_host_port(url: str) -> tuple[str, int]:

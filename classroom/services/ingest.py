@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import stat as stat_mode
 from pathlib import Path
 
 from django.conf import settings
@@ -9,6 +11,7 @@ from django.conf import settings
 from hls_packager.ladder import master_first_variant
 
 from .. import metrics
+from ..hls_blocking import regular_file_read
 from ..models import Classroom, LiveSession, SessionStatus
 
 log = logging.getLogger("classcast.ingest")
@@ -44,15 +47,31 @@ def hls_folder_path(*, classroom_id: int) -> Path | None:
     return None
 
 
-def program_media_folder(folder: Path) -> Path:
-    """Where a session's program segments are: the session folder for a single stream (OBS, a one-rung
-    ladder), the top rung's folder when its `live.m3u8` is a ladder's master playlist."""
+def hls_rung_folder(folder: Path, rung: str) -> Path | None:
+    """A ladder rung's folder inside the session folder: a real directory of its own, never a symlink
+    (which could lead anywhere on the disk); None otherwise."""
+    path = folder / rung
     try:
-        text = (folder / "live.m3u8").read_text(encoding="utf-8")
+        return path if stat_mode.S_ISDIR(os.lstat(path).st_mode) else None
+    except OSError:
+        return None
+
+
+def hls_text_read(path: Path) -> str | None:
+    """A playlist's text if `path` is a regular file (not a symlink); None otherwise."""
+    try:
+        return regular_file_read(path).decode("utf-8")
     except (OSError, UnicodeDecodeError):
-        return folder
-    top = master_first_variant(text)
-    return folder / top if top else folder
+        return None
+
+
+def program_media_folder(folder: Path) -> Path | None:
+    """Where a session's program segments are: the session folder for a single stream (OBS, a one-rung
+    ladder), the top rung's folder when its `live.m3u8` is a ladder's master playlist; None when that
+    rung is not a real directory of the session's own."""
+    text = hls_text_read(folder / "live.m3u8")
+    top = master_first_variant(text) if text is not None else None
+    return hls_rung_folder(folder, top) if top else folder
 
 
 class IngestEvents:

@@ -149,8 +149,8 @@ def _program(recording: Recording) -> None:
     folder = program_media_folder(
         settings.CLASSCAST_HLS_ROOT / session_folder(classroom_id=recording.classroom_id, session_id=recording.session_id)
     )  # with a ladder: the top rung's folder
-    archive = folder / "archive.m3u8"
-    if not archive.exists():
+    archive = folder / "archive.m3u8" if folder is not None else None
+    if archive is None or not archive.exists():
         return  # nothing was broadcast (compositor or OBS) in this session: no program
     text = archive.read_text(encoding="utf-8")
     segments = program_segments_select(playlist_text=text, start=recording.started_at, end=recording.stopped_at)

@@ -87,6 +87,7 @@ def _message_bucket() -> TokenBucket:
     return TokenBucket(rate_per_s=settings.CLASSCAST_WS_RATE_PER_S, burst=settings.CLASSCAST_WS_RATE_PER_S * 2)
 
 
+NETWORK_BOUND = frozenset({"destination.add"})
 SERVICE_ALLOWED = {"rtc.join", "rtc.answer", "rtc.candidate", "rtc.leave", "ping", "stats.report"}
 
 
@@ -310,7 +311,11 @@ class ClassConsumer(AsyncWebsocketConsumer):
     async def _handle(self, message: Message) -> None:
         action = ACTIONS.get(message.type)
         if action is not None:
-            await database_sync_to_async(action)(self.classroom_id, self.actor, message.fields)
+            # An action that may wait on the network (destination.add resolves a host name) gets a thread
+            # of its own: the shared one serves every socket's database calls in this process.
+            await database_sync_to_async(action, thread_sensitive=message.type not in NETWORK_BOUND)(
+                self.classroom_id, self.actor, message.fields
+            )
             await self._send({"type": "ack", "ref": message.ref, "for": message.type})
         elif message.type == "rtc.join":
             await self._media_join(max_height=message.fields.get("max_height"))
