@@ -257,6 +257,10 @@ CLASSCAST_STAGE_PACING_FACTOR = float(env_str("CLASSCAST_STAGE_PACING_FACTOR", "
 # link reaches the top layer in seconds, a weak one backs off on its first losses. 0: the browser's own
 # (300 kbit/s in Chromium).
 CLASSCAST_STAGE_START_BITRATE_KBPS = env_int("CLASSCAST_STAGE_START_BITRATE_KBPS", 1000)
+# Publishers' browsers estimate their uplink themselves from the node's transport-wide feedback (their
+# congestion control of a direct call: delay trend, loss, probing). False: from the REMB of the node's
+# receive-side estimate, which takes jitter for congestion.
+CLASSCAST_STAGE_TRANSPORT_CC = env_bool("CLASSCAST_STAGE_TRANSPORT_CC", True)
 CLASSCAST_MEDIA_NODE_CAPACITY = env_int("CLASSCAST_MEDIA_NODE_CAPACITY", 12)  # stage members per node
 CLASSCAST_MEDIA_NODE_METRICS_PORT = env_int("CLASSCAST_MEDIA_NODE_METRICS_PORT", 0)
 CLASSCAST_STAGE_LIMIT = env_int("CLASSCAST_STAGE_LIMIT", 9)

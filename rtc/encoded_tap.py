@@ -12,7 +12,10 @@
    leaves at the kernel default.
 6. Receiver: audio packets straight to the tap as they arrive (`receiver_audio_passthrough`), instead
    of through aiortc's audio jitter buffer, which holds everything behind a lost packet.
-7. Codecs: Opus in-band FEC offered on every connection (`opus_fec_negotiate`), and where browsers
+7. Receiver: video frames held behind a lost packet only for a bounded time (`receiver_video_deadline`),
+   instead of until 512 packets later; each lost packet asked for a few times while still useful
+   (`receiver_nack_budget`), instead of every missing one again on each new loss.
+8. Codecs: Opus in-band FEC offered on every connection (`opus_fec_negotiate`), and where browsers
    start their send-side bandwidth estimate (`video_start_bitrate_negotiate`).
 
 aiortc has no public API for received encoded media. `RTCRtpReceiver` reassembles RTP packets into
@@ -35,10 +38,13 @@ from __future__ import annotations
 import logging
 import queue
 import socket
+import time
 from typing import Any, Callable
 
 from aiortc.codecs import CODECS
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.rtcrtpreceiver import NackGenerator
+from aiortc.utils import uint16_add, uint16_gt
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_PSFB_FIR,
@@ -58,6 +64,7 @@ _QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"
 _ESTIMATOR_ATTR = "_RTCRtpReceiver__remote_bitrate_estimator"
 _JITTER_ATTR = "_RTCRtpReceiver__jitter_buffer"
 _KIND_ATTR = "_RTCRtpReceiver__kind"
+_NACK_ATTR = "_RTCRtpReceiver__nack_generator"
 # What a receiver of Opus asks its sender for (RFC 7587): in-band FEC, so a lost 20 ms packet is rebuilt
 # from the next one; 10 ms frames allowed. Chromium encodes FEC only when the far end's description says
 # so, and then as much as the receiver reports losing.
@@ -241,18 +248,25 @@ def ice_receive_buffer(pc: Any, *, size: int) -> list[int]:
     keyframe. The kernel caps the request at net.core.rmem_max (the README says how to raise it).
     Returns the sizes the kernel granted (it reports twice the usable size). Idempotent."""
     granted = []
+    for protocol in ice_protocols(pc):
+        sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
+        if sock is None:
+            continue
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        granted.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    return granted
+
+
+def ice_protocols(pc: Any) -> list[Any]:
+    """The asyncio datagram protocols of every UDP socket this peer connection gathered (aioice's)."""
+    found = []
     for transport in _ice_transports(pc):
         connection = getattr(transport.iceGatherer, "_connection", None)
         protocols = getattr(connection, "_protocols", None)
         if not isinstance(protocols, list):
             raise TapError("aioice's Connection has no socket list; check the pinned aiortc/aioice versions")
-        for protocol in protocols:
-            sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
-            if sock is None:
-                continue
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-            granted.append(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
-    return granted
+        found += protocols
+    return found
 
 
 def _ice_transports(pc: Any) -> list[Any]:
@@ -330,3 +344,151 @@ class _PassThrough:
             return False, None
         self.highest = extended
         return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)  # noqa: SLF001 - set by aiortc
+
+
+# A lost video packet is waited for this long (a NACK and its retransmission take one round trip, two
+# rounds on a 150 ms path), then given up on: past it, a keyframe comes sooner than the packet would.
+VIDEO_GIVE_UP_S = 0.5
+
+
+def receiver_video_deadline(
+    receiver: Any, *, on_gap: Callable[[], object], give_up_s: float = VIDEO_GIVE_UP_S,
+    clock: Callable[[], float] = time.monotonic,
+) -> "DeadlineJitterBuffer":
+    """Bound how long a video frame waits for a lost packet. aiortc's video jitter buffer releases
+    nothing behind a missing packet until 512 newer ones arrived: a retransmission that is lost too
+    holds a 100 kbit/s layer for 50 s, a 1 Mbit/s one for 5 s. After `give_up_s` the frames behind the
+    hole are dropped and `on_gap` is called (on the event loop's thread): what follows refers to a
+    frame nobody will get, so the caller waits for (and asks for) a keyframe. Idempotent."""
+    if getattr(receiver, _KIND_ATTR, None) != "video":
+        raise TapError("only a video receiver's frames wait for lost packets")
+    current = getattr(receiver, _JITTER_ATTR, None)
+    if isinstance(current, DeadlineJitterBuffer):
+        return current
+    if not isinstance(current, JitterBuffer):
+        raise TapError("aiortc's RTCRtpReceiver has no jitter buffer to replace; check the pinned aiortc version")
+    buffer = DeadlineJitterBuffer(capacity=current.capacity, give_up_s=give_up_s, on_gap=on_gap, clock=clock)
+    setattr(receiver, _JITTER_ATTR, buffer)
+    return buffer
+
+
+class DeadlineJitterBuffer(JitterBuffer):
+    """aiortc's video jitter buffer, plus a deadline on holes (see `receiver_video_deadline`)."""
+
+    def __init__(self, *, capacity: int, give_up_s: float, on_gap: Callable[[], object],
+                 clock: Callable[[], float]) -> None:
+        super().__init__(capacity=capacity, is_video=True)
+        self.give_up_s, self.on_gap, self.clock = give_up_s, on_gap, clock
+        self.gaps = 0  # holes given up on
+        self._newest: int | None = None
+        self._stuck_since: float | None = None
+
+    def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
+        seq = packet.sequence_number
+        if self._newest is None or uint16_gt(seq, self._newest):
+            self._newest = seq
+        pli, frame = super().add(packet)
+        if frame is not None or self._origin is None:
+            self._stuck_since = None
+            return pli, frame
+        hole = self._hole()
+        if hole is None:
+            self._stuck_since = None
+            return pli, None
+        now = self.clock()
+        if self._stuck_since is None:
+            self._stuck_since = now
+        if now - self._stuck_since < self.give_up_s:
+            return pli, None
+        self._skip(hole)
+        self._stuck_since = None
+        self.gaps += 1
+        self.on_gap()
+        return pli, self._remove_frame(seq) if self._origin is not None else None
+
+    def _span(self) -> int:
+        """Positions from the origin up to and including the newest packet."""
+        assert self._origin is not None and self._newest is not None
+        ahead = uint16_add(self._newest, -self._origin)
+        return 0 if ahead >= 0x8000 else min(ahead + 1, self.capacity)  # 0: everything up to the newest is gone
+
+    def _hole(self) -> int | None:
+        """Offset from the origin of the first missing packet that a newer one is waiting behind."""
+        assert self._origin is not None
+        for offset in range(self._span()):
+            if self._packets[(self._origin + offset) % self.capacity] is None:
+                return offset
+        return None
+
+    def _skip(self, hole: int) -> None:
+        """Drop everything up to the hole, then the frame the first packet after it belongs to (its
+        start may be in the hole); the origin ends on the next frame's first packet, or past the newest."""
+        self.remove(hole)
+        remaining = self._span()
+        timestamp = None
+        while remaining > 0:
+            packet = self._packets[self._origin % self.capacity]
+            if packet is not None:
+                if timestamp is None:
+                    timestamp = packet.timestamp
+                elif packet.timestamp != timestamp:
+                    return
+            self.remove(1)
+            remaining -= 1
+
+
+NACK_TRIES = 3  # asks per lost packet: a retransmission lost as well gets two more chances
+NACK_RETRY_S = 0.15  # between asks for the same packet: about a round trip on the paths we serve
+
+
+def receiver_nack_budget(
+    receiver: Any, *, tries: int = NACK_TRIES, retry_s: float = NACK_RETRY_S, max_age_s: float = VIDEO_GIVE_UP_S,
+    clock: Callable[[], float] = time.monotonic,
+) -> "BudgetedNackGenerator":
+    """Ask for each lost video packet at most `tries` times, `retry_s` apart, and not once it is older
+    than `max_age_s` (the jitter buffer has given up on it by then). aiortc's generator NACKs every
+    packet still missing each time a new one goes missing: on a 300 kbit/s uplink the publisher's
+    browser then spent three quarters of its rate on retransmissions the node no longer needed. Idempotent."""
+    current = getattr(receiver, _NACK_ATTR, None)
+    if isinstance(current, BudgetedNackGenerator):
+        return current
+    if not isinstance(current, NackGenerator):
+        raise TapError("aiortc's RTCRtpReceiver has no NACK generator to replace; check the pinned aiortc version")
+    generator = BudgetedNackGenerator(tries=tries, retry_s=retry_s, max_age_s=max_age_s, clock=clock)
+    setattr(receiver, _NACK_ATTR, generator)
+    return generator
+
+
+class BudgetedNackGenerator(NackGenerator):
+    """aiortc's receiver calls `add(packet)` for each packet and, when it returns True, sends one NACK
+    for `sorted(missing)`: here `missing` holds only the packets due to be asked for now."""
+
+    def __init__(self, *, tries: int, retry_s: float, max_age_s: float, clock: Callable[[], float]) -> None:
+        super().__init__()
+        self.tries, self.retry_s, self.max_age_s, self.clock = tries, retry_s, max_age_s, clock
+        self._lost: dict[int, list[float]] = {}  # seq -> [first missed, last asked, times asked]
+        self.asked = 0
+
+    def add(self, packet: Any) -> bool:
+        seq, now = packet.sequence_number, self.clock()
+        if self.max_seq is None:
+            self.max_seq = seq
+            return False
+        if uint16_gt(seq, self.max_seq):
+            gap = uint16_add(seq, -self.max_seq) - 1
+            for offset in range(1, min(gap, 512) + 1):  # a jump of thousands is a restart, not losses
+                self._lost[uint16_add(self.max_seq, offset)] = [now, -1.0, 0]
+            self.max_seq = seq
+        else:
+            self._lost.pop(seq, None)
+        due = set()
+        for lost_seq, entry in list(self._lost.items()):
+            first, last, asked = entry
+            if asked >= self.tries or now - first > self.max_age_s:
+                del self._lost[lost_seq]
+            elif now - last >= self.retry_s:
+                entry[1], entry[2] = now, asked + 1
+                due.add(lost_seq)
+        self.missing = due
+        self.asked += len(due)
+        return bool(due)

@@ -26,8 +26,9 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from .rtp_header import extension_span, payload_offset
+
 AUDIO, VIDEO, RTX = "audio", "video", "rtx"
-ONE_BYTE_PROFILE = 0xBEDE
 NTP_EPOCH_OFFSET_S = 2_208_988_800  # 1900 to 1970: abs-send-time counts NTP seconds, as aiortc's own stamps do
 SENT_MEMORY = 4096  # original video packets remembered for the age check of their retransmissions
 
@@ -163,19 +164,6 @@ class Pacer:
         return abs_send_time_set(data, self.config.abs_send_time_id, abs_send_time(time.time() + NTP_EPOCH_OFFSET_S))
 
 
-def payload_offset(data: bytes) -> int | None:
-    """Where an RTP packet's payload starts (after CSRCs and the header extension), or None if short."""
-    if len(data) < 12:
-        return None
-    offset = 12 + 4 * (data[0] & 0x0F)
-    if data[0] & 0x10:
-        if len(data) < offset + 4:
-            return None
-        (words,) = struct.unpack_from("!H", data, offset + 2)
-        offset += 4 + 4 * words
-    return offset if offset <= len(data) else None
-
-
 def abs_send_time(seconds: float) -> int:
     """RFC-less but universal: 6.18 fixed point seconds, 24 bits (webrtc.org abs-send-time)."""
     return int(seconds * (1 << 18)) & 0xFFFFFF
@@ -183,26 +171,9 @@ def abs_send_time(seconds: float) -> int:
 
 def abs_send_time_set(data: bytes, ext_id: int, value: int) -> bytes:
     """The packet with its one-byte-header abs-send-time element (3 bytes) overwritten, if it has one."""
-    if not data or not data[0] & 0x10 or len(data) < 16:
+    span = extension_span(data, ext_id)
+    if span is None or span[1] != 3:
         return data
-    start = 12 + 4 * (data[0] & 0x0F)
-    if len(data) < start + 4:
-        return data
-    profile, words = struct.unpack_from("!HH", data, start)
-    if profile != ONE_BYTE_PROFILE:
-        return data
-    pos, end = start + 4, min(len(data), start + 4 + 4 * words)
-    while pos < end:
-        byte = data[pos]
-        if byte == 0:  # padding
-            pos += 1
-            continue
-        ident, length = byte >> 4, (byte & 0x0F) + 1
-        if ident == 15:
-            break
-        if ident == ext_id and length == 3 and pos + 4 <= end:
-            out = bytearray(data)
-            out[pos + 1:pos + 4] = value.to_bytes(3, "big")
-            return bytes(out)
-        pos += 1 + length
-    return data
+    out = bytearray(data)
+    out[span[0]:span[0] + 3] = value.to_bytes(3, "big")
+    return bytes(out)

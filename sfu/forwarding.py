@@ -48,9 +48,10 @@ REMB_STALE_S = 5.0  # a subscriber's estimate older than this no longer holds th
 QUEUE_FRAMES = {"video": 90, "audio": 150}  # ~3 s: a subscriber further behind starts over at a keyframe
 FRAME_TICKS = {"video": 3000, "audio": 960}  # one frame at 30 fps / 20 ms: the step across a source switch
 # A frame later than this behind its own timestamp (against the least late one of the last
-# STALE_WINDOW_S) is stale. Well above any jitter a receiver's buffer would wait for, well below the
-# seconds a browser sends in a burst after an outage.
-STALE_AFTER_S = 0.6
+# STALE_WINDOW_S) is stale. Above what a lossy link adds (a frame waits up to half a second for a
+# retransmission: rtc.encoded_tap.VIDEO_GIVE_UP_S; at 0.6 s, 5 % loss made every few seconds a stale
+# frame, a keyframe request and a freeze), well below the seconds a browser sends in a burst after an outage.
+STALE_AFTER_S = 1.2
 STALE_WINDOW_S = 10.0
 LAYERS_START_S = 2.0  # a publisher's layers that have not sent by then are taken as not coming
 # A layer whose frame rate fell below this share of its own maximum (the browser starved it: a weak
@@ -101,6 +102,7 @@ class PublishedTrack:
         self._remb: dict[int, tuple[float, int]] = {}  # id(output) -> (when, bps)
         self.lateness = Lateness()
         self.stale = 0  # frames dropped for arriving too late
+        self.gaps = 0  # lost packets the receiver gave up on
         self._after_stale = False  # video: fresh frames wait for a keyframe after stale ones
         self.rate = ByteRate()  # what this track brings in, for the layer choosers
 
@@ -128,6 +130,14 @@ class PublishedTrack:
         frame = Frame(codec, data, timestamp, clock_rate, keyframe)
         for output in list(self.outputs):  # a push may cut a subscriber over to this track
             output.push(frame, self)
+
+    def on_gap(self) -> None:
+        """The receiver gave up on a lost packet (rtc.encoded_tap.receiver_video_deadline): the frames
+        that follow refer to one nobody got, so every subscriber waits for the next keyframe, asked for now."""
+        self.gaps += 1
+        for output in list(self.outputs):
+            output.await_keyframe(self)
+        self.request_keyframe()
 
     def set_muted(self, muted: bool) -> None:
         if self.muted and not muted and self.kind == "video":
@@ -218,6 +228,14 @@ class PublishedLayers:
         ]
         return smooth if any(smooth) else sending
 
+    def describe(self, now: float) -> list[dict[str, object]]:
+        active = self.active(now)
+        return [
+            {"layer": layer.name, "kbps": round(t.rate.bps(now) / 1000), "fps": round(t.rate.fps(now), 1),
+             "active": on, "own_remb_kbps": round(self._own.get(i, 0) / 1000), "stale": t.stale, "gaps": t.gaps}
+            for i, (t, layer, on) in enumerate(zip(self.tracks, self.config.layers, active))
+        ]
+
     def remb_for(self, index: int, own_bps: int) -> int:
         """The REMB every layer's receiver tells the publisher. A browser takes each REMB as the estimate
         for its whole connection, so all of them say the same total: per layer, the node's own estimate
@@ -253,6 +271,7 @@ class ForwardTrack(MediaStreamTrack):
         self.chooser: LayerChooser | None = None
         self.link = LinkEstimate(self.chooser_config)
         self.share: Callable[[], int] = lambda: 1  # video tracks sharing this subscriber's estimate
+        self.uplink: Callable[[float], float | None] = lambda now: None  # what this subscriber sends us, bits/s
         self.on_layer: Callable[[str | None], None] | None = None  # the layer this subscriber now gets
         self.codec: str | None = None  # the codec this transceiver was negotiated for
         self.forwarded = 0
@@ -308,7 +327,9 @@ class ForwardTrack(MediaStreamTrack):
             if estimate is not None:
                 estimate /= max(1, self.share())
             lossy = self.link.loss > self.chooser_config.loss_high
-            index = self.chooser.update(now, estimate, rates, active, lossy=lossy)
+            uplink = self.uplink(now)
+            hint = uplink / max(1, self.share()) if uplink else None
+            index = self.chooser.update(now, estimate, rates, active, lossy=lossy, hint=hint)
         self._select(layers.tracks[index])
 
     def _select(self, track: PublishedTrack) -> None:
@@ -337,11 +358,24 @@ class ForwardTrack(MediaStreamTrack):
                 self.pending.detach(self)
             self.pending = None
 
+    def _layer_name(self, track: PublishedTrack | None) -> str | None:
+        if self.layers is not None and track is not None and track in self.layers.tracks:
+            return self.layers.config.layers[self.layers.tracks.index(track)].name
+        return None
+
+    def describe(self, now: float) -> dict[str, object]:
+        estimate = self.link.bps(now)
+        return {
+            "layer": self._layer_name(self.source), "pending": self._layer_name(self.pending),
+            "need_keyframe": self._need_keyframe, "estimate_kbps": round(estimate / 1000) if estimate else None,
+            "remb_kbps": round(self.link.remb / 1000) if self.link.remb else None, "loss": round(self.link.loss, 3),
+            "forwarded": self.forwarded, "dropped": self.dropped, "queued": len(self._queue),
+        }
+
     def _layer_changed(self) -> None:
+        name = self._layer_name(self.source)
+        log.debug("layer now %s", name, extra={"pending": self._layer_name(self.pending)})
         if self.on_layer is not None:
-            name = None
-            if self.layers is not None and self.source in self.layers.tracks:
-                name = self.layers.config.layers[self.layers.tracks.index(self.source)].name
             self.on_layer(name)
 
     def feedback_remb(self, bitrate_bps: int) -> None:
@@ -357,6 +391,11 @@ class ForwardTrack(MediaStreamTrack):
         sent = self.source.rate.bps(now) if self.source is not None else 0.0
         self.link.on_loss(now, fraction, sent)
         self.adapt(now)
+
+    def await_keyframe(self, origin: PublishedTrack) -> None:
+        """Forward nothing more from `origin` until its next keyframe (its clock goes on as it was)."""
+        if origin is self.source and self.kind == "video":
+            self._need_keyframe = True
 
     def source_resumed(self, origin: PublishedTrack | None = None) -> None:
         if origin is not None and origin is not self.source:

@@ -11,9 +11,11 @@ Per subscriber track, a `LayerChooser` turns that subscriber's feedback into a l
   (loss > 10 % cuts, < 2 % lets it grow);
 * down at once when the estimate no longer carries the current layer's measured rate;
 * up after the way up has held for a few seconds. A receive-side estimate cannot say much more than
-  what it receives (Chromium's stays under 1.5x its throughput), so "held" is either the estimate
-  above the next layer's rate plus a margin, or the estimate well above what is sent now (nothing
-  limits it: try the next layer, if it is within reach). An up-switch that ends in a down-switch soon after doubles the
+  what it receives (Chromium's stays under 1.5x its throughput, and climbs 8 % a second), so "held"
+  is either the estimate - or the member's own uplink, as the node measures what they send: a link
+  that carries 1.5 Mbit/s up rarely carries less down - above the next layer's rate plus a margin,
+  or the estimate well above what is sent now (nothing limits it: try the next layer, if it is within
+  reach). Once there, the estimate must keep rising towards the layer, or it goes down again. An up-switch that ends in a down-switch soon after doubles the
   hold before that layer is tried again.
 """
 from __future__ import annotations
@@ -166,8 +168,11 @@ class LayerChooser:
         self._switched_at: float | None = None
 
     def update(
-        self, now: float, estimate: float | None, rates: list[float], active: list[bool], *, lossy: bool = False
+        self, now: float, estimate: float | None, rates: list[float], active: list[bool], *, lossy: bool = False,
+        hint: float | None = None,
     ) -> int:
+        """`hint`: what else says the link carries more (the member's own uplink, measured by the node):
+        it may only take a subscriber up, never keep it up - the estimate does that."""
         usable = [i for i in range(self.layers) if active[i]]
         if not usable:
             return self.current
@@ -197,9 +202,10 @@ class LayerChooser:
             self._up_since = None
             return self.current
         target = higher[-1]
-        fits = estimate >= rates[target] * (1 + self.config.up_margin)
+        reach = max(estimate, hint or 0.0)
+        fits = reach >= rates[target] * (1 + self.config.up_margin)
         unconstrained = (
-            estimate >= rate * self.config.unconstrained_ratio and estimate >= rates[target] * self.config.probe_reach
+            estimate >= rate * self.config.unconstrained_ratio and reach >= rates[target] * self.config.probe_reach
         )
         if fits or unconstrained:
             if self._up_since is None:

@@ -39,14 +39,17 @@ from rtc.encoded_tap import (
     ice_receive_buffer,
     opus_fec_negotiate,
     receiver_audio_passthrough,
+    receiver_nack_budget,
     receiver_remb_rewrite,
     receiver_request_keyframe,
     receiver_tap,
+    receiver_video_deadline,
     sender_feedback_tap,
     video_start_bitrate_negotiate,
 )
 from rtc.pacer import Pacer, PacerConfig
 from rtc.pacing import connection_pace
+from rtc.transport_feedback import TransportFeedbackSender, offer_transport_cc
 
 from . import SfuError
 from .forwarding import ForwardTrack, PublishedLayers, PublishedTrack
@@ -60,6 +63,7 @@ Send = Callable[[str, dict[str, Any]], Awaitable[None]]
 KINDS = ("audio", "video")
 SETUP_TIMEOUT_S = 30.0
 ADAPT_INTERVAL_S = 0.5  # choosers also run between feedback: a layer that goes quiet is left within this
+TRACE_INTERVAL_S = 2.0  # the layer trace (DEBUG) of every publisher and subscriber
 # One layer unless the adapter passes a ladder (the media node passes CLASSCAST_STAGE_LAYERS).
 ONE_LAYER = StageLayersConfig(layers=(LayerConfig("f", 360, 1.0, 1_200_000, 30),))
 
@@ -112,6 +116,7 @@ class Peer:
     down: LegCounters = field(default_factory=LegCounters)
     quality: PeerQuality | None = None
     pacer: Pacer | None = None  # in front of the subscribe connection, when the room paces
+    feedback: TransportFeedbackSender | None = None  # transport-wide feedback on the publish connection
 
     def pcs(self) -> list[tuple[str, RTCPeerConnection]]:
         return [(name, pc) for name, pc in ((PUBLISH, self.pub), (SUBSCRIBE, self.sub)) if pc is not None]
@@ -126,9 +131,12 @@ class Room:
     def __init__(
         self, *, session_id: int, rtc_config: RTCConfiguration, send: Send, video_codec: str = "vp8",
         udp_receive_buffer: int = 0, observer: RoomObserver | None = None, layers: StageLayersConfig = ONE_LAYER,
-        pacing: PacerConfig | None = None, start_bitrate_kbps: int = 0,
+        pacing: PacerConfig | None = None, start_bitrate_kbps: int = 0, transport_cc: bool = True,
     ) -> None:
         self.session_id = session_id
+        # Publishers' browsers estimate their own uplink from transport-wide feedback (as in a direct
+        # call); False: from the REMB of aiortc's receive-side estimator.
+        self.transport_cc = transport_cc
         self.pacing = pacing  # None: every packet leaves at once, as aiortc sends it
         self.layers = layers
         self._adapting: asyncio.Task[None] | None = None
@@ -165,9 +173,18 @@ class Room:
             peer.sources["audio"] = audio[0]
             video = [self._published_track(peer, pub, "video") for _ in self.layers.layers]
             layered = peer.sources["video"] = PublishedLayers(self.layers, [track for track, _ in video])
-            for index, (_, transceiver) in enumerate(video):
-                receiver_remb_rewrite(transceiver.receiver, rewrite=lambda bps, i=index: layered.remb_for(i, bps))
-            await pub.setLocalDescription(await pub.createOffer())
+            for index, ((_, transceiver), layer) in enumerate(zip(video, self.layers.layers)):
+                # With transport-wide feedback the browser's own estimate rules its uplink; our REMB then
+                # only carries the subscribers' caps (2x a layer's maximum: no cap of ours).
+                own = (lambda bps, m=2 * layer.max_bitrate_bps: m) if self.transport_cc else (lambda bps: bps)
+                receiver_remb_rewrite(
+                    transceiver.receiver, rewrite=lambda bps, i=index, own=own: layered.remb_for(i, own(bps))
+                )
+            offer = await pub.createOffer()
+            if self.transport_cc:
+                offer = RTCSessionDescription(sdp=offer_transport_cc(offer.sdp), type="offer")
+                peer.feedback = TransportFeedbackSender(pub)
+            await pub.setLocalDescription(offer)
             if self.udp_receive_buffer:  # a publisher's media arrives here; subscribers only send RTCP
                 ice_receive_buffer(pub, size=self.udp_receive_buffer)
             # Which m-line carries which layer, and how the page should encode it.
@@ -200,6 +217,9 @@ class Room:
         )
         # The node decodes nothing: frames go from the receiver straight to the subscribers.
         receiver_tap(transceiver.receiver, on_frame=source.on_frame, decode=False)
+        if kind == "video":  # a lost packet is asked for a few times and waited for half a second at most
+            receiver_video_deadline(transceiver.receiver, on_gap=source.on_gap)
+            receiver_nack_budget(transceiver.receiver)
         return source, transceiver
 
     def _new_pc(self, peer: Peer, name: str) -> RTCPeerConnection:
@@ -217,6 +237,8 @@ class Room:
         except Exception as exc:  # aiortc raises ValueError, KeyError... for bad SDP
             raise NegotiationError(f"the answer could not be applied ({exc.__class__.__name__}: {exc})") from None
         if pc_name == PUBLISH:
+            if peer.feedback is not None and peer.feedback.start(sdp):
+                peer.tasks.append(peer.feedback.task)
             return
         peer.negotiating = False
         if peer.pending:
@@ -313,6 +335,7 @@ class Room:
             )
             # Chromium's REMB is its whole connection's: each video track this subscriber gets has a share.
             forward.share = lambda s=sub: sum(1 for (_, k) in s.outbound if k == "video")
+            forward.uplink = lambda now, s=sub: _sending_bps(s, now)
             sub.switches[free] = forward
         forward = sub.switches[free]
         if kind == "video":
@@ -349,12 +372,28 @@ class Room:
     async def _adapt_loop(self) -> None:
         """Choosers run on feedback; this runs them between, e.g. for egress (which sends none) when a
         layer goes quiet. Ends with the room's last peer."""
+        traced = 0.0
         while self.peers:
             now = time.monotonic()
             for peer in list(self.peers.values()):
                 for forward in list(peer.switches.values()):
                     forward.adapt(now)
+            if log.isEnabledFor(logging.DEBUG) and now - traced >= TRACE_INTERVAL_S:
+                traced = now
+                self._trace_layers(now)
             await asyncio.sleep(ADAPT_INTERVAL_S)
+
+    def _trace_layers(self, now: float) -> None:
+        """What each publisher's layers bring and what each subscriber gets: why a picture is what it is."""
+        for peer in self.peers.values():
+            video = peer.sources.get("video")
+            if isinstance(video, PublishedLayers):
+                log.debug("layers in", extra={**self._log_extra(peer), "layers": video.describe(now)})
+            for (pub_id, kind), transceiver in peer.outbound.items():
+                if kind == "video":
+                    forward = peer.switches[transceiver]
+                    log.debug("layer out", extra={**self._log_extra(peer), "publisher": pub_id,
+                                                  **forward.describe(now)})
 
     # --- negotiation -------------------------------------------------------------------------------
 
@@ -409,6 +448,8 @@ class Room:
 
     def _on_state(self, peer: Peer, name: str, pc: RTCPeerConnection) -> None:
         state = pc.connectionState
+        if state in ("failed", "closed"):
+            log.info("connection %s", state, extra={**self._log_extra(peer), "pc": name})
         # A join is set up once its first connection (publish, or subscribe for watchers) connects.
         if state == "connected" and not peer.connected:
             peer.connected = True
@@ -514,6 +555,13 @@ def codec_preferences(kind: str, name: str) -> list[Any]:
     if not any(c.mimeType.lower() != "video/rtx" for c in codecs):
         raise ValueError(f"aiortc cannot send {kind} codec {name!r}")
     return codecs
+
+
+def _sending_bps(peer: Peer, now: float) -> float:
+    """What a member's browser gets through to us: every layer and its audio, as the node measures it."""
+    tracks = [t for source in peer.published.values()
+              for t in (source.tracks if isinstance(source, PublishedLayers) else [source])]
+    return sum(t.rate.bps(now) for t in tracks)
 
 
 def _who(peer: Peer) -> str:

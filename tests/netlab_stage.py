@@ -89,9 +89,10 @@ def stage_server_env(var_dir: Path, host_address: str, port: int) -> dict[str, s
     """The embedded default in var_dir, served at the TUN host address: the media node offers that address
     (and loopback) as ICE candidates, and the Host header / Origin of http://<host_address>:<port> pass."""
     drop = {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}
-    # The stage's own tuning knobs (CLASSCAST_STAGE_*) pass through, so a bench can compare settings.
+    # The stage's own tuning knobs (CLASSCAST_STAGE_*) pass through, so a bench can compare settings;
+    # CLASSCAST_LOG_LEVEL=DEBUG keeps the node's layer trace in the daphne log (--keep).
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith(("CLASSCAST_", "PYTEST"))
-           or k.startswith("CLASSCAST_STAGE_")}
+           or k.startswith("CLASSCAST_STAGE_") or k == "CLASSCAST_LOG_LEVEL"}
     origin = f"http://{host_address}:{port}"
     env.update(
         DJANGO_SETTINGS_MODULE="config.settings",

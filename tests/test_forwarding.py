@@ -327,3 +327,24 @@ async def test_stale_audio_is_dropped_and_fresh_audio_flows_on():
     src.on_frame("opus", b"c", 48000 * 10 + 960, 48000)
     assert [bytes(await out.recv()) for _ in range(2)] == [b"a", b"c"] and src.stale == 1
     out.stop()
+
+
+async def test_a_gap_the_receiver_gave_up_on_holds_video_until_the_next_keyframe():
+    asks = []
+    src = PublishedTrack("video", request_keyframe=lambda: asks.append(1))
+    out = ForwardTrack("video")
+    out.switch(src)
+    src.on_frame("vp8", b"\x00", 0, 90000)
+    src.on_frame("vp8", b"\x01", 3000, 90000)
+    first, second = await out.recv(), await out.recv()
+    asks.clear()
+    await asyncio.sleep(0.35)  # past the keyframe request interval of the join
+    src.on_gap()  # rtc.encoded_tap: a lost packet was given up on
+    assert src.gaps == 1 and asks == [1]
+    src.on_frame("vp8", b"\x01", 9000, 90000)  # refers to the frame nobody got
+    assert len(out._queue) == 0 and out.dropped == 1  # noqa: SLF001
+    src.on_frame("vp8", b"\x00", 12000, 90000)
+    resumed = await out.recv()
+    assert bytes(resumed) == b"\x00" and resumed.pts == second.pts + 9000  # the clock went on as it was
+    out.stop()
+    src.end()

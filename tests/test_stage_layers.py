@@ -47,6 +47,22 @@ def test_going_up_waits_for_the_estimate_to_hold_above_the_next_layer():
     assert trace(chooser, steps) == [1, 1, 1, 1, 1, 0, 0, 0]
 
 
+def test_a_members_own_uplink_takes_them_up_but_only_the_estimate_keeps_them_there():
+    """The REMB of a subscriber on h sits near h's rate (it cannot say more than it receives); the 1.5
+    Mbit/s the same member sends us says its link carries f: up after the hold. There, an estimate that
+    stops rising below f's rate goes back down whatever the uplink says."""
+    config = ChooserConfig(up_hold_s=2.0, fall_window_s=3.0)
+    chooser = LayerChooser(config, layers=3, start=1)
+    ups = [chooser.update(t / 2, 310_000, RATES, ALL, hint=1_500_000) for t in range(6)]
+    assert ups == [1, 1, 1, 1, 0, 0]
+    rising = [chooser.update(3.0 + t, 310_000 * 1.08 ** t, RATES, ALL, hint=1_500_000) for t in range(1, 4)]
+    assert rising == [0, 0, 0]  # climbing towards f: kept
+    flat = [chooser.update(6.0 + t, 400_000, RATES, ALL, hint=1_500_000) for t in range(1, 5)]
+    assert flat[-1] == 1  # stopped rising under f: down, the uplink notwithstanding
+    without = LayerChooser(config, layers=3, start=1)
+    assert [without.update(t / 2, 310_000, RATES, ALL) for t in range(6)] == [1] * 6
+
+
 def test_an_interrupted_hold_starts_over():
     chooser = LayerChooser(ChooserConfig(up_hold_s=2.0), layers=3, start=1)
     steps = [(0.0, 1_500_000), (1.5, 1_500_000), (2.0, 320_000), (3.0, 1_500_000), (4.5, 1_500_000), (5.0, 1_500_000)]

@@ -222,6 +222,7 @@ class MediaNode:
                 pacing=PacerConfig(factor=settings.CLASSCAST_STAGE_PACING_FACTOR)
                 if settings.CLASSCAST_STAGE_PACING_FACTOR > 0 else None,
                 start_bitrate_kbps=settings.CLASSCAST_STAGE_START_BITRATE_KBPS,
+                transport_cc=settings.CLASSCAST_STAGE_TRANSPORT_CC,
             )
         return room
 

@@ -99,8 +99,12 @@ export class StageCall {
       }
       await pub.setLocalDescription(await pub.createAnswer());
       this.send("rtc.answer", { pc: "publish", sdp: pub.localDescription.sdp });
-      // After the answer: a sender has its encoding to change only once negotiated.
-      await Promise.all(encoded.map(([sender, layer]) => this.encodeLayer(sender, layer)));
+      // After the answer: a sender has its encoding to change only once negotiated. Each layer is its
+      // own track, and the browser shares its uplink estimate among them by priority: the cheapest
+      // first, so a weak uplink still carries a smooth small picture rather than three starved ones.
+      const byRate = encoded.map(([, layer]) => layer.max_bitrate_bps).sort((a, b) => a - b);
+      const priority = (layer) => ["high", "medium"][byRate.indexOf(layer.max_bitrate_bps)] || "low";
+      await Promise.all(encoded.map(([sender, layer]) => this.encodeLayer(sender, layer, priority(layer))));
       return;
     }
     this.sub = this.sub || this.newPc("subscribe");
@@ -111,13 +115,15 @@ export class StageCall {
     this.onRemote(this.remoteStreams());
   }
 
-  async encodeLayer(sender, layer) {
+  async encodeLayer(sender, layer, priority = "low") {
     const params = sender.getParameters();
     if (!params.encodings || !params.encodings.length) params.encodings = [{}];
     Object.assign(params.encodings[0], {
       scaleResolutionDownBy: layer.scale_down_by,
       maxBitrate: layer.max_bitrate_bps,
       maxFramerate: layer.max_fps,
+      priority,
+      networkPriority: priority,
     });
     try {
       await sender.setParameters(params);
