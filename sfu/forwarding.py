@@ -58,6 +58,9 @@ LAYERS_START_S = 2.0  # a publisher's layers that have not sent by then are take
 # uplink's estimate spread over every layer) is not offered while a smoother one is: 320x180 at 30 fps
 # beats 640x360 at one frame every few seconds.
 SMOOTH_FPS_SHARE = 0.4
+# ...and comes back above this share: one threshold made layers flap on a lossy uplink, and each flap
+# moved subscribers to a layer whose keyframe they then waited for (under a frame a second at the teacher).
+SMOOTH_AGAIN_SHARE = 0.6
 
 
 class Lateness:
@@ -200,6 +203,7 @@ class PublishedLayers:
         self.tracks = tracks
         self._own: dict[int, int] = {}  # layer -> the node's own REMB for its receiver
         self._started: float | None = None
+        self._smooth = [True] * len(tracks)
 
     @property
     def codec(self) -> str | None:
@@ -222,10 +226,10 @@ class PublishedLayers:
         if young:
             return [True] * len(self.tracks)
         sending = [t.rate.active(now) for t in self.tracks]
-        smooth = [
-            on and t.rate.fps(now) >= SMOOTH_FPS_SHARE * layer.max_fps
-            for on, t, layer in zip(sending, self.tracks, self.config.layers)
-        ]
+        for i, (t, layer) in enumerate(zip(self.tracks, self.config.layers)):
+            share = t.rate.fps(now) / layer.max_fps
+            self._smooth[i] = share >= (SMOOTH_FPS_SHARE if self._smooth[i] else SMOOTH_AGAIN_SHARE)
+        smooth = [on and ok for on, ok in zip(sending, self._smooth)]
         return smooth if any(smooth) else sending
 
     def describe(self, now: float) -> list[dict[str, object]]:

@@ -240,3 +240,25 @@ def test_a_starved_layer_is_not_offered_while_a_smoother_one_is():
     starved.active(now - 10.0)
     slow[0].rate.add(now - 1.0, 5000)  # only the top layer sends, and barely
     assert starved.active(now) == [True, False, False]
+
+
+def test_a_starved_layer_leaves_below_40_percent_of_its_frame_rate_and_comes_back_above_60():
+    tracks = [PublishedTrack("video", request_keyframe=lambda: None) for _ in DEFAULT_LAYERS.layers]
+    layers = PublishedLayers(DEFAULT_LAYERS, tracks)
+    t0 = 1000.0
+
+    def feed(fps_f: float, start: float) -> list[bool]:
+        for i in range(int(2 * fps_f)):  # two seconds (the rate window) of f at fps_f
+            tracks[0].rate.add(start + i / fps_f, 1000)
+        for i in range(60):  # h and q smooth throughout
+            tracks[1].rate.add(start + i / 30, 500)
+            tracks[2].rate.add(start + i / 30, 200)
+        return layers.active(start + 2.0)
+
+    tracks[0].frames = 1
+    layers.active(t0)  # the publisher's first frame: its layers' start-up grace begins
+    assert feed(30, t0 + 3) == [True, True, True]
+    assert feed(10, t0 + 6) == [False, True, True]  # 33 % of 30 fps: starved
+    assert feed(15, t0 + 9) == [False, True, True]  # 50 %: not yet smooth again (it was flapping here)
+    assert feed(20, t0 + 12) == [True, True, True]  # 67 %
+    assert feed(15, t0 + 15) == [True, True, True]  # 50 %: stays
