@@ -179,7 +179,7 @@ USE_TZ = True
 STATIC_URL = "/static/"
 STATIC_ROOT = VAR_DIR / "staticfiles"
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns on every request without it
-# hls.js comes from npm at set-up (`make`), served as /static/vendor/hls/hls.min.js: no CDN at run time.
+# hls.js comes from npm at set-up (`make`), served as /static/vendor/hls/hls.light.min.js: no CDN at run time.
 STATICFILES_DIRS = [BASE_DIR / "static", ("vendor/hls", BASE_DIR / "node_modules" / "hls.js" / "dist")]
 WHITENOISE_USE_FINDERS = True  # serve straight from static/ without collectstatic on the embedded default
 MEDIA_ROOT = Path(env_str("CLASSCAST_MEDIA_ROOT", str(VAR_DIR / "media")))

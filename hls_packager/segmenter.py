@@ -142,6 +142,29 @@ class Segmenter:
             self._done.set()
 
 
+# MPEG-TS costs little on video (big PES packets) but a lot on a weak link's rung: ffmpeg's defaults put
+# every AAC frame (21 ms) in a PES of its own, one 188-byte packet mostly stuffing, and PAT+PMT ten times a
+# second; 120k video + 48k AAC came out at 223 kbit/s, 186 with these options (the same media).
+AUDIO_PES_S = 0.1  # AAC frames grouped into one PES: audio reaches a part at most this late (the muxer holds it)
+ONCE_S = 3600.0  # a table period longer than any segment: written at the segment's start only
+
+
+def mpegts_options(part_target_s: float) -> dict[str, str]:
+    """Muxer options for one segment (part_target_s 0: plain HLS, no parts)."""
+    return {
+        # Every PES reaches _MuxedBytes as soon as it is written, so a part holds what was muxed before its cut.
+        "flush_packets": "1",
+        # max_delay (µs) lets audio wait for AUDIO_PES_S of frames (half of it, in ffmpeg) before its PES
+        # goes out; a segment's close flushes the rest, so a segment is whole.
+        "max_delay": str(int(2 * AUDIO_PES_S * 1_000_000)),
+        "mpegts_copyts": "1",  # timestamps as they come (max_delay would shift them all by twice its value)
+        # PAT+PMT: ffmpeg writes them before every keyframe (each segment's start) and otherwise this often:
+        # about once per part, so every part holds the tables a demuxer starts from.
+        "pat_period": f"{0.9 * part_target_s:.3f}" if part_target_s > 0 else str(ONCE_S),
+        "sdt_period": str(ONCE_S),  # the DVB service table: no HLS player reads it
+    }
+
+
 class _MuxedBytes:
     """The muxer's output file: bytes accumulate in memory until the segmenter takes them as a part."""
 
@@ -216,10 +239,7 @@ class _SegmentWriter:
 
     def open_segment(self, t: float) -> None:
         self.index = self.owner.history.take_index()
-        # flush_packets: every packet's bytes reach _MuxedBytes at once, so a part holds what was muxed
-        # before its cut. pes_payload_size 0: audio is not held back to fill big PES packets.
-        options = {"flush_packets": "1", "pes_payload_size": "0"} if self.low_latency else {}
-        self.container = av.open(self.output, "w", format="mpegts", options=options)
+        self.container = av.open(self.output, "w", format="mpegts", options=mpegts_options(self.owner.part_target_s))
         self.out_streams = {s.index: self.container.add_stream_from_template(s) for s in self.inputs}
         self.cutter.begin(t)
         self.part_cutter.begin(t)

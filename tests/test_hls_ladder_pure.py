@@ -35,9 +35,9 @@ def test_master_playlist_golden():
     got = [(p.uri, p.stream_info.bandwidth, p.stream_info.average_bandwidth, p.stream_info.resolution,
             p.stream_info.codecs, p.stream_info.frame_rate) for p in pl.playlists]
     assert got == [
-        ("720p/live.m3u8", 3115500, 2853000, (1280, 720), "avc1.64001f,mp4a.40.2", 30.0),
-        ("360p/live.m3u8", 921000, 858000, (640, 360), "avc1.64001e,mp4a.40.2", 30.0),
-        ("audio/live.m3u8", 228000, 228000, None, "mp4a.40.2", None),
+        ("720p/live.m3u8", 3084300, 2821800, (1280, 720), "avc1.64001f,mp4a.40.2", 30.0),
+        ("360p/live.m3u8", 889800, 826800, (640, 360), "avc1.64001e,mp4a.40.2", 30.0),
+        ("audio/live.m3u8", 168000, 168000, None, "mp4a.40.2", None),
     ]
     # every variant carries its audio muxed: no EXT-X-MEDIA groups to fetch besides
     assert not pl.media and all(p.stream_info.average_bandwidth <= p.stream_info.bandwidth for p in pl.playlists)

@@ -4,6 +4,7 @@ reloads and preload-hinted parts held by the async origin view, and hls.js in Ch
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
 import subprocess
 import sys
@@ -195,6 +196,43 @@ async def test_packager_cuts_parts_that_are_slices_of_their_segment(tmp_path):
             assert first.is_keyframe, part.uri
         with av.open(io.BytesIO(captured[part.uri]), format="mpegts") as container:
             assert sum(1 for _ in container.decode(video=0)) == 10  # 1/3 s of 30 fps, all decodable
+    # Little MPEG-TS overhead (a weak link's rung, issue 12), and still every part has the tables a demuxer
+    # starts from: PAT+PMT about once per part, not ten times a second; AAC frames grouped, ~0.1 s a PES.
+    for uri, parts in by_segment.items():
+        assert all(ts_tables(captured[p.uri]) >= 1 for p in parts), uri
+        assert ts_tables((folder / uri).read_bytes()) <= len(parts) + 2, uri
+        audio_pes, audio_frames = ts_audio_pes((folder / uri).read_bytes())
+        assert audio_frames >= 4 * audio_pes, (uri, audio_pes, audio_frames)
+
+
+def ts_packets(data: bytes) -> Iterator[tuple[int, bool, bytes]]:
+    """(PID, payload unit start, payload) of each 188-byte packet."""
+    for at in range(0, len(data) - 187, 188):
+        packet = data[at : at + 188]
+        assert packet[0] == 0x47, at
+        control = packet[3] >> 4 & 3
+        start = 5 + packet[4] if control & 2 else 4
+        yield (packet[1] & 0x1F) << 8 | packet[2], bool(packet[1] & 0x40), packet[start:] if control & 1 else b""
+
+
+def ts_tables(data: bytes) -> int:
+    """How many PATs the bytes carry (ffmpeg writes the PMT right after each)."""
+    return sum(1 for pid, unit_start, _ in ts_packets(data) if pid == 0 and unit_start)
+
+
+def ts_audio_pes(data: bytes) -> tuple[int, int]:
+    """(PES packets, ADTS frames) of the audio stream (the PES with stream id 0xC0)."""
+    audio = next(pid for pid, unit_start, payload in ts_packets(data) if unit_start and payload[:4] == b"\0\0\1\xc0")
+    pes, es = 0, bytearray()
+    for pid, unit_start, payload in ts_packets(data):
+        if pid == audio:
+            pes += unit_start
+            es += payload[9 + payload[8] :] if unit_start else payload  # past the PES header
+    frames, at = 0, 0
+    while at + 7 <= len(es) and es[at] == 0xFF and es[at + 1] & 0xF0 == 0xF0:  # ADTS sync word
+        frames += 1
+        at += (es[at + 3] & 3) << 11 | es[at + 4] << 3 | es[at + 5] >> 5  # frame length, header included
+    return pes, frames
 
 
 # --- the origin view: blocking reloads and held parts -------------------------------------------------------
@@ -382,10 +420,11 @@ class CountingApp:
 
 
 async def asgi_get(app, path: str, query: str = "", *, host: str = "testserver", method: str = "GET",
-                   cookie: str = "") -> tuple[int, dict[str, str], bytes]:
+                   cookie: str = "", accept_encoding: str = "") -> tuple[int, dict[str, str], bytes]:
     from asgiref.testing import ApplicationCommunicator
 
     headers = [(b"host", host.encode())] + ([(b"cookie", cookie.encode())] if cookie else [])
+    headers += [(b"accept-encoding", accept_encoding.encode())] if accept_encoding else []
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
              "path": path, "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
              "headers": headers, "client": ("127.0.0.1", 50000), "server": ("testserver", 80)}
@@ -413,6 +452,11 @@ async def test_remembered_viewers_are_answered_in_front_of_django_with_the_same_
     assert second[0] == 200 and django_app.calls == 1 and second[2] == first[2]
     for header in ("content-type", "cache-control", "access-control-allow-origin"):
         assert second[1][header] == first[1][header]
+    # gzip when the player accepts it, as Django's path answers (hls_encoding), with the right length.
+    packed = await asgi_get(app, url, accept_encoding="gzip, deflate")
+    assert packed[0] == 200 and packed[1]["content-encoding"] == "gzip" and packed[1]["vary"] == "Accept-Encoding"
+    assert gzip.decompress(packed[2]) == first[2] and int(packed[1]["content-length"]) == len(packed[2])
+    assert django_app.calls == 1
     # Blocking reloads, held parts and bad requests behave the same on the fast path.
     held = asyncio.create_task(asgi_get(app, url, "_HLS_msn=15&_HLS_part=2"))
     await asyncio.sleep(0.3)

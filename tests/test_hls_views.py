@@ -2,6 +2,7 @@
 and viewer counting."""
 from __future__ import annotations
 
+import gzip
 import uuid
 
 import m3u8
@@ -9,6 +10,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 
+from classroom.hls_encoding import accepts_gzip
 from classroom.hls_views import hls_token_issue, playlist_with_token
 from classroom.models import Classroom
 from classroom.selectors import actor_get
@@ -133,6 +135,36 @@ def test_no_broadcast_yet_is_a_404(demo, settings, tmp_path):
 def test_playlist_with_token_keeps_tags_and_existing_queries():
     text = playlist_with_token("#EXTM3U\n#EXTINF:2.0,\na.ts\nb.ts?x=1\n", "T")
     assert text == "#EXTM3U\n#EXTINF:2.0,\na.ts?token=T\nb.ts?x=1&token=T\n"
+
+
+def test_playlists_are_gzipped_for_players_that_accept_it_and_media_never(hls):
+    # A long live playlist, every URI carrying the viewer's token (issue 12: playlist reloads were a third
+    # of a 300 kbit/s link).
+    lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-TARGETDURATION:2", "#EXT-X-MEDIA-SEQUENCE:0"]
+    lines += [f"#EXTINF:2.000,\nseg-{i}.ts" for i in range(6)]
+    (hls["folder"] / "live.m3u8").write_text("\n".join(lines) + "\n")
+    token = hls_token_issue(classroom_id=hls["id"], user_id=User.objects.get(username="ben").pk)
+    url = f"/hls/classes/{hls['id']}/live.m3u8?token={token}"
+    plain = Client().get(url)
+    assert plain.status_code == 200 and "Content-Encoding" not in plain and plain["Vary"] == "Accept-Encoding"
+    packed = Client().get(url, HTTP_ACCEPT_ENCODING="gzip, deflate, br")
+    assert packed.status_code == 200 and packed["Content-Encoding"] == "gzip" and packed["Vary"] == "Accept-Encoding"
+    assert gzip.decompress(packed.content) == plain.content and len(packed.content) < len(plain.content) / 3
+    assert packed["Content-Type"] == "application/vnd.apple.mpegurl"
+    refused = Client().get(url, HTTP_ACCEPT_ENCODING="gzip;q=0, identity")
+    assert "Content-Encoding" not in refused and refused.content == plain.content
+    segment = Client().get(f"/hls/classes/{hls['id']}/seg-0.ts?token={token}", HTTP_ACCEPT_ENCODING="gzip")
+    assert segment.status_code == 200 and "Content-Encoding" not in segment  # MPEG-TS does not compress
+    assert "Content-Encoding" not in Client().get(url[: url.index("?")], HTTP_ACCEPT_ENCODING="gzip")  # the 404
+
+
+@pytest.mark.parametrize("header, accepted", [
+    ("gzip", True), ("deflate, gzip;q=0.5, br", True), ("*", True), ("GZIP", True), ("x-gzip", True),
+    ("", False), ("br, deflate", False), ("gzip;q=0", False), ("gzip; q=0.000", False), ("gzip;q=nope", False),
+    ("identity", False),
+])
+def test_accept_encoding_is_read_as_http_says(header, accepted):
+    assert accepts_gzip(header) is accepted
 
 
 def test_viewers_are_counted_once_per_window(hls):

@@ -21,10 +21,13 @@ AUDIO = "audio"
 # Video bitrates by height when the setting names none (in line with common ABR ladders).
 DEFAULT_VIDEO_BITRATES = {1080: 4_500_000, 720: 2_500_000, 540: 1_200_000, 480: 900_000, 360: 600_000,
                           270: 400_000, 240: 300_000, 180: 200_000, 144: 150_000}
-# What MPEG-TS adds, measured on our segments: ~5 % on video; on audio one PES per AAC frame (low
-# latency) with its padding, plus PAT/PMT ten times a second: 128 kbit/s AAC came out at 210-223 kbit/s.
+# What MPEG-TS adds (hls_packager.segmenter.mpegts_options), measured on our segments: ~5 % on video plus,
+# per frame, a PES header and the stuffing of its last 188-byte packet (~120 bytes: a quarter of a 180p
+# rung's small frames); audio PES of ~0.1 s and PAT/PMT about once per part: 128 kbit/s AAC comes out at
+# 150-154 kbit/s, the 180p rung (120k + 48k AAC) at 181-227 kbit/s by segment.
 VIDEO_TS_OVERHEAD = 1.05
-AUDIO_TS_EXTRA_BPS = 100_000
+VIDEO_TS_FRAME_BYTES = 120
+AUDIO_TS_EXTRA_BPS = 40_000
 PEAK_OVER_AVERAGE = 1.1  # x264's VBV (maxrate = bitrate, 1 s buffer) lets a segment run a little over
 _RATE = r"\d+(?:\.\d+)?[kKmM]?"
 _RUNG = re.compile(rf"^(?:(?P<height>\d{{2,4}})p(?::(?P<rate>{_RATE}))?|(?P<audio>audio))(?::(?P<own_audio>{_RATE}))?$")
@@ -112,8 +115,9 @@ def ladder_renditions(rungs: tuple[Rung, ...]) -> tuple[Rendition, ...]:
     out = []
     for r in rungs:
         audio = r.audio_bitrate + AUDIO_TS_EXTRA_BPS
-        average = int(r.video_bitrate * VIDEO_TS_OVERHEAD + audio)
-        peak = int(r.video_bitrate * PEAK_OVER_AVERAGE * VIDEO_TS_OVERHEAD + audio)
+        frames = 0 if r.audio_only else r.fps * VIDEO_TS_FRAME_BYTES * 8
+        average = int(r.video_bitrate * VIDEO_TS_OVERHEAD + frames + audio)
+        peak = int(r.video_bitrate * PEAK_OVER_AVERAGE * VIDEO_TS_OVERHEAD + frames + audio)
         codecs = AAC_LC if r.audio_only else h264_codecs(r.h264_level)
         out.append(Rendition(r.name, peak, average, codecs, r.width, r.height, 0.0 if r.audio_only else float(r.fps)))
     return tuple(out)
