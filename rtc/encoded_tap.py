@@ -441,6 +441,18 @@ NACK_TRIES = 3  # asks per lost packet: a retransmission lost as well gets two m
 NACK_RETRY_S = 0.15  # between asks for the same packet: about a round trip on the paths we serve
 
 
+def loss_timing(rtt_s: float | None) -> tuple[float, float]:
+    """(how long a hole is waited for, how long between asks for one packet) on a path of this round
+    trip: a retransmission needs one, so three asks and their answers must fit before giving up. On a
+    capped link the queue makes the round trip 0.3-0.5 s, and the fixed half second gave up on packets
+    whose retransmission was still on its way (then a keyframe, which on 300 kbit/s takes seconds)."""
+    if rtt_s is None or rtt_s <= 0:
+        return VIDEO_GIVE_UP_S, NACK_RETRY_S
+    retry = max(NACK_RETRY_S, 1.2 * rtt_s)
+    # at most 1 s: a frame later than that is about to be stale anyway (sfu.forwarding.STALE_AFTER_S)
+    return min(max(VIDEO_GIVE_UP_S, NACK_TRIES * retry + 0.05), 1.0), retry
+
+
 def receiver_nack_budget(
     receiver: Any, *, tries: int = NACK_TRIES, retry_s: float = NACK_RETRY_S, max_age_s: float = VIDEO_GIVE_UP_S,
     clock: Callable[[], float] = time.monotonic,

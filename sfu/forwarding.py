@@ -48,10 +48,12 @@ REMB_STALE_S = 5.0  # a subscriber's estimate older than this no longer holds th
 QUEUE_FRAMES = {"video": 90, "audio": 150}  # ~3 s: a subscriber further behind starts over at a keyframe
 FRAME_TICKS = {"video": 3000, "audio": 960}  # one frame at 30 fps / 20 ms: the step across a source switch
 # A frame later than this behind its own timestamp (against the least late one of the last
-# STALE_WINDOW_S) is stale. Above what a lossy link adds (a frame waits up to half a second for a
-# retransmission: rtc.encoded_tap.VIDEO_GIVE_UP_S; at 0.6 s, 5 % loss made every few seconds a stale
-# frame, a keyframe request and a freeze), well below the seconds a browser sends in a burst after an outage.
-STALE_AFTER_S = 1.2
+# STALE_WINDOW_S) is stale. Above what a weak link adds: a frame waits up to a second for a
+# retransmission (rtc.encoded_tap.loss_timing), and a browser's pacer on a 300 kbit/s link holds frames
+# for a second or two (at 0.6 s and 1.2 s, stale frames there meant a keyframe request, a keyframe that
+# queued again, and freezes of 8-9 s at the teacher); below the seconds of a browser's backlog after an
+# outage (with transport-wide feedback its congestion window stops it queueing much during one).
+STALE_AFTER_S = 2.5
 STALE_WINDOW_S = 10.0
 LAYERS_START_S = 2.0  # a publisher's layers that have not sent by then are taken as not coming
 # A layer whose frame rate fell below this share of its own maximum (the browser starved it: a weak

@@ -36,7 +36,10 @@ from aiortc import (
 from aiortc.sdp import candidate_from_sdp
 
 from rtc.encoded_tap import (
+    BudgetedNackGenerator,
+    DeadlineJitterBuffer,
     ice_receive_buffer,
+    loss_timing,
     opus_fec_negotiate,
     receiver_audio_passthrough,
     receiver_nack_budget,
@@ -117,6 +120,8 @@ class Peer:
     quality: PeerQuality | None = None
     pacer: Pacer | None = None  # in front of the subscribe connection, when the room paces
     feedback: TransportFeedbackSender | None = None  # transport-wide feedback on the publish connection
+    # Each published video receiver's hole deadline and NACK budget, timed to the member's round trip.
+    loss_timers: list[tuple[DeadlineJitterBuffer, BudgetedNackGenerator]] = field(default_factory=list)
 
     def pcs(self) -> list[tuple[str, RTCPeerConnection]]:
         return [(name, pc) for name, pc in ((PUBLISH, self.pub), (SUBSCRIBE, self.sub)) if pc is not None]
@@ -218,8 +223,10 @@ class Room:
         # The node decodes nothing: frames go from the receiver straight to the subscribers.
         receiver_tap(transceiver.receiver, on_frame=source.on_frame, decode=False)
         if kind == "video":  # a lost packet is asked for a few times and waited for half a second at most
-            receiver_video_deadline(transceiver.receiver, on_gap=source.on_gap)
-            receiver_nack_budget(transceiver.receiver)
+            peer.loss_timers.append((
+                receiver_video_deadline(transceiver.receiver, on_gap=source.on_gap),
+                receiver_nack_budget(transceiver.receiver),
+            ))
         return source, transceiver
 
     def _new_pc(self, peer: Peer, name: str) -> RTCPeerConnection:
@@ -493,6 +500,10 @@ class Room:
                 peer_id=spec.peer_id, user_id=spec.user_id, name=spec.name, hidden=spec.hidden, up=up, down=down
             )
             self.observer.peer_quality(session_id=self.session_id, quality=peer.quality)
+            rtt_ms = next((leg.rtt_ms for leg in (down, up) if leg is not None and leg.rtt_ms), None)
+            give_up_s, retry_s = loss_timing(rtt_ms / 1000 if rtt_ms else None)
+            for buffer, nacks in peer.loss_timers:
+                buffer.give_up_s, nacks.retry_s, nacks.max_age_s = give_up_s, retry_s, give_up_s
             # The peer's bitrates are its legs' (media in on its publish connection, out on its subscribe one).
             rate_in = up.kbps * 1000 if up is not None and up.kbps is not None else None
             rate_out = down.kbps * 1000 if down is not None and down.kbps is not None else None

@@ -15,6 +15,7 @@ from rtc.encoded_tap import (
     BudgetedNackGenerator,
     DeadlineJitterBuffer,
     TapError,
+    loss_timing,
     receiver_nack_budget,
     receiver_video_deadline,
 )
@@ -176,3 +177,12 @@ def test_the_nack_seam_is_installed_once() -> None:
     generator = receiver_nack_budget(receiver)
     assert receiver_nack_budget(receiver) is generator
     assert receiver._RTCRtpReceiver__nack_generator is generator  # noqa: SLF001
+
+
+def test_loss_timing_follows_the_round_trip_within_bounds() -> None:
+    assert loss_timing(None) == (0.5, 0.15)  # nothing measured yet: the defaults
+    assert loss_timing(0.02) == (0.5, 0.15)  # a short path: three asks fit easily
+    give_up, retry = loss_timing(0.3)  # a queue on a capped link
+    assert retry == pytest.approx(0.36) and give_up == 1.0  # never past what would be stale
+    give_up, retry = loss_timing(0.2)
+    assert retry == pytest.approx(0.24) and give_up == pytest.approx(0.77)
