@@ -108,6 +108,8 @@ class PublishedTrack:
         self.lateness = Lateness()
         self.stale = 0  # frames dropped for arriving too late
         self.gaps = 0  # lost packets the receiver gave up on
+        self._asked_at: float | None = None  # the first keyframe request not answered yet
+        self.keyframe_wait_s: float | None = None  # the last request's answer took this long
         self._after_stale = False  # video: fresh frames wait for a keyframe after stale ones
         self.rate = ByteRate()  # what this track brings in, for the layer choosers
 
@@ -121,6 +123,9 @@ class PublishedTrack:
         if self.muted:
             return
         keyframe = is_keyframe(codec, data)
+        if keyframe and self._asked_at is not None:  # how long the publisher took to answer: on a weak
+            self.keyframe_wait_s = now - self._asked_at  # uplink, what a frozen subscriber waits through
+            self._asked_at = None
         if late > STALE_AFTER_S:
             self.stale += 1
             if self.kind == "video" and not self._after_stale:
@@ -164,6 +169,8 @@ class PublishedTrack:
     def _send_pli(self) -> None:
         self._pli_pending = None
         self._last_pli = time.monotonic()
+        if self._asked_at is None:
+            self._asked_at = self._last_pli
         result = self._request_keyframe()
         if asyncio.iscoroutine(result):
             asyncio.ensure_future(result)
@@ -238,7 +245,8 @@ class PublishedLayers:
         active = self.active(now)
         return [
             {"layer": layer.name, "kbps": round(t.rate.bps(now) / 1000), "fps": round(t.rate.fps(now), 1),
-             "active": on, "own_remb_kbps": round(self._own.get(i, 0) / 1000), "stale": t.stale, "gaps": t.gaps}
+             "active": on, "own_remb_kbps": round(self._own.get(i, 0) / 1000), "stale": t.stale, "gaps": t.gaps,
+             "keyframe_wait_s": None if t.keyframe_wait_s is None else round(t.keyframe_wait_s, 2)}
             for i, (t, layer, on) in enumerate(zip(self.tracks, self.config.layers, active))
         ]
 

@@ -346,5 +346,6 @@ async def test_a_gap_the_receiver_gave_up_on_holds_video_until_the_next_keyframe
     src.on_frame("vp8", b"\x00", 12000, 90000)
     resumed = await out.recv()
     assert bytes(resumed) == b"\x00" and resumed.pts == second.pts + 9000  # the clock went on as it was
+    assert src.keyframe_wait_s is not None and 0 <= src.keyframe_wait_s < 1  # the layer trace reports it
     out.stop()
     src.end()
