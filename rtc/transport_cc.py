@@ -72,7 +72,7 @@ class TransportFeedback:
             return []
         end = max(self._arrivals)
         statuses = [(seq, self._arrivals.get(seq)) for seq in range(self._next, end + 1)]
-        self._arrivals = {seq: t for seq, t in self._arrivals.items() if seq > end}
+        self._arrivals = {}  # everything up to the newest is reported now
         self._next = end + 1
         out = []
         start = 0

@@ -102,7 +102,3 @@ class TransportFeedbackSender:
                 await self._transport._send_rtp(packet)  # noqa: SLF001
             except ConnectionError:  # the connection is going; the loop ends with it
                 return
-
-    def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
